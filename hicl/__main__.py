@@ -1,0 +1,3 @@
+from hicl.cli import app
+
+app(prog_name="hicl")

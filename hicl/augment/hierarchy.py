@@ -1,0 +1,124 @@
+"""Hierarchy schedules: which augmentations each tapped stage's views are made with.
+
+- `add_one`: an ordered list of op groups; stage k gets the union of the first k groups
+  (paper: A_1 = {crop, color_jitter}, A_2 = A_1 + {grayscale}, A_3 = A_2 + {blur}, A_4 = A_3 + {flip}).
+- `uniform`: every stage gets the full pipeline (`augment.ops`).
+- `strength`: every stage gets every op of the full pipeline, weaker for shallower stages: per level
+  below the last, flip/grayscale/blur/rotation/solarize probabilities -0.05, colour factors -0.02,
+  crop min-scale +0.1.
+- `off`: one stage (the last) with the full pipeline: the plain base method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from hicl.augment.pipeline import Pipeline, param_vector_dim, param_vectors
+from hicl.manifest import OP_NAMES, AugmentConfig, HierarchyConfig
+
+PROBABILITY_STEP = 0.05
+COLOR_STEP = 0.02
+CROP_SCALE_STEP = 0.1
+
+
+def stage_ops(hierarchy: HierarchyConfig, augment: AugmentConfig) -> list[list[str]]:
+    """The op set of every stage, shallow to deep, each in canonical application order."""
+    k = hierarchy.num_stages
+    if hierarchy.mode == "add_one":
+        sets = [{op for group in hierarchy.groups[: i + 1] for op in group} for i in range(k)]
+        return [[op for op in OP_NAMES if op in chosen] for chosen in sets]
+    return [[op for op in OP_NAMES if op in augment.ops] for _ in range(k)]
+
+
+def weakened(augment: AugmentConfig, levels: int) -> AugmentConfig:
+    """`augment` made `levels` steps weaker (the `strength` schedule's rule)."""
+    if levels == 0:
+        return augment
+
+    def lower_p(p: float) -> float:
+        return max(0.0, p - PROBABILITY_STEP * levels)
+
+    def lower_factor(x: float) -> float:
+        return max(0.0, x - COLOR_STEP * levels)
+
+    cj = augment.color_jitter
+    low, high = augment.crop.scale
+    return augment.model_copy(
+        update={
+            "flip": augment.flip.model_copy(update={"p": lower_p(augment.flip.p)}),
+            "rotation": augment.rotation.model_copy(update={"p": lower_p(augment.rotation.p)}),
+            "grayscale": augment.grayscale.model_copy(update={"p": lower_p(augment.grayscale.p)}),
+            "blur": augment.blur.model_copy(update={"p": lower_p(augment.blur.p)}),
+            "solarize": augment.solarize.model_copy(update={"p": lower_p(augment.solarize.p)}),
+            "color_jitter": cj.model_copy(
+                update={
+                    name: lower_factor(getattr(cj, name)) for name in ("brightness", "contrast", "saturation", "hue")
+                }
+            ),
+            "crop": augment.crop.model_copy(update={"scale": (min(high, low + CROP_SCALE_STEP * levels), high)}),
+        }
+    )
+
+
+def stage_configs(hierarchy: HierarchyConfig, augment: AugmentConfig) -> list[AugmentConfig]:
+    k = hierarchy.num_stages
+    if hierarchy.mode == "strength":
+        return [weakened(augment, k - 1 - i) for i in range(k)]
+    return [augment] * k
+
+
+def embedded_stages(hierarchy: HierarchyConfig) -> list[int]:
+    """0-based indices of the stages whose projector also sees the augmentation embedding."""
+    if not hierarchy.embeddings.ops:
+        return []
+    if hierarchy.embeddings.stages is not None:
+        return sorted(s - 1 for s in hierarchy.embeddings.stages)
+    return list(range(1, hierarchy.num_stages))
+
+
+@dataclass
+class StageViews:
+    """Both views of every stage, concatenated as [view a; view b] along the batch."""
+
+    views: list[torch.Tensor]
+    params: list[dict[str, torch.Tensor]]
+    param_vectors: list[torch.Tensor | None]
+
+
+class StageAugmenter:
+    """Makes each stage's pair of views with that stage's pipeline, keeping every parameter."""
+
+    def __init__(
+        self,
+        hierarchy: HierarchyConfig,
+        augment: AugmentConfig,
+        view_size: int,
+        out_dtype: torch.dtype = torch.float32,
+    ):
+        self.augment = augment
+        self.stage_ops = stage_ops(hierarchy, augment)
+        self.pipelines = [
+            Pipeline(ops, cfg, view_size, out_dtype)
+            for ops, cfg in zip(self.stage_ops, stage_configs(hierarchy, augment))
+        ]
+        self.embed_ops = list(hierarchy.embeddings.ops)
+        self.embed_stages = set(embedded_stages(hierarchy))
+
+    @property
+    def embed_dim(self) -> int:
+        return param_vector_dim(self.embed_ops)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> StageViews:
+        hw = (images.shape[-2], images.shape[-1])
+        views, params, vectors = [], [], []
+        for stage, pipeline in enumerate(self.pipelines):
+            view_a, params_a = pipeline(images, generator)
+            view_b, params_b = pipeline(images, generator)
+            pair = {key: torch.cat([params_a[key], params_b[key]]) for key in params_a}
+            views.append(torch.cat([view_a, view_b]))
+            params.append(pair)
+            embedded = stage in self.embed_stages
+            vectors.append(param_vectors(pair, self.embed_ops, self.augment, hw) if embedded else None)
+        return StageViews(views, params, vectors)

@@ -1,0 +1,359 @@
+"""The run manifest: every setting of a run as validated pydantic data.
+
+A manifest is YAML with the sections below; unknown keys are errors. `load_manifest` reads it with
+`yaml.safe_load`, applies `--set section.key=value` overrides and validates; `dump_manifest` writes
+the resolved form (every default filled in) that a run directory keeps, so the run can be repeated.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hicl.errors import HiclError
+
+# Canonical application order of the augmentation ops; a pipeline applies the ops it has in this order.
+OP_NAMES: tuple[str, ...] = ("crop", "flip", "rotation", "color_jitter", "grayscale", "blur", "solarize")
+METHOD_NAMES: tuple[str, ...] = ("simsiam", "byol", "barlow_twins", "simclr", "moco_v2")
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_ops(ops: list[str]) -> list[str]:
+    unknown = [op for op in ops if op not in OP_NAMES]
+    if unknown:
+        raise ValueError(f"unknown augmentation op {unknown[0]!r}; expected one of {', '.join(OP_NAMES)}")
+    if len(set(ops)) != len(ops):
+        raise ValueError("an augmentation op is listed twice")
+    return ops
+
+
+def _check_range(bounds: tuple[float, float]) -> tuple[float, float]:
+    if bounds[0] > bounds[1]:
+        raise ValueError(f"min {bounds[0]} is greater than max {bounds[1]}")
+    return bounds
+
+
+# ----------------------------------------------------------------------------------------------- data
+class SyntheticConfig(Section):
+    """Sizes of the built-in procedural dataset (see `hicl.data.synthetic`)."""
+
+    num_train: PositiveInt = 10_000
+    num_test: PositiveInt = 2_000
+    seed: Annotated[int, Field(ge=0)] = Field(0, description="data seed, independent of the training seed")
+
+
+class DataConfig(Section):
+    source: Literal["synthetic"] = "synthetic"
+    image_size: Annotated[int, Field(ge=8, le=1024)] = 32
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+# ------------------------------------------------------------------------------------------- backbone
+class BackboneConfig(Section):
+    name: str = "resnet18"
+    small_stem: bool = Field(
+        False, description="3x3 stride-1 stem without max-pool for 32 px images (ResNet-style models only)"
+    )
+    drop_path_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, name: str) -> str:
+        import timm
+
+        if not timm.is_model(name):
+            close = timm.list_models(f"*{name[:6]}*")[:5]
+            hint = f" (similar: {', '.join(close)})" if close else ""
+            raise ValueError(f"unknown timm model {name!r}{hint}")
+        return name
+
+
+# --------------------------------------------------------------------------------------------- method
+class MethodConfig(Section):
+    name: Literal["simsiam", "byol", "barlow_twins", "simclr", "moco_v2"] = "simsiam"
+    proj_hidden_dim: PositiveInt = 2048
+    proj_dim: PositiveInt = 2048
+    pred_hidden_dim: PositiveInt = 512
+    fixed_predictor_lr: bool = Field(True, description="SimSiam: predictor keeps the base lr (no decay)")
+    momentum: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        0.99, description="BYOL/MoCo v2: EMA decay of the target (BYOL: cosine-increased to 1)"
+    )
+    temperature: Annotated[float, Field(gt=0.0)] = Field(0.2, description="SimCLR/MoCo v2 softmax temperature")
+    queue_size: PositiveInt = Field(4096, description="MoCo v2: negatives kept per stage")
+    barlow_lambda: Annotated[float, Field(ge=0.0)] = 3.9e-3
+    barlow_scale: Annotated[float, Field(gt=0.0)] = 1 / 32
+
+
+# ------------------------------------------------------------------------------------------ hierarchy
+class EmbeddingConfig(Section):
+    """Expanded views: which augmentation parameters are embedded and at which stages."""
+
+    ops: list[str] = ["color_jitter"]
+    stages: list[PositiveInt] | None = Field(
+        None, description="1-based stage numbers; default every stage but the first"
+    )
+    dim: PositiveInt = 512
+
+    _ops = field_validator("ops")(classmethod(lambda cls, v: _check_ops(v)))
+
+
+class HierarchyConfig(Section):
+    mode: Literal["off", "add_one", "uniform", "strength"] = "off"
+    groups: list[list[str]] = [["crop", "color_jitter"], ["grayscale"], ["blur"], ["flip"]]
+    stages: list[str] | None = Field(
+        None, description="timm feature module names to tap; default: the last len(groups) stages"
+    )
+    forward: Literal["separate", "fused"] = "separate"
+    adapter: Literal["sepconv", "pool_linear"] = "sepconv"
+    loss_weights: list[Annotated[float, Field(ge=0.0)]] | None = None
+    embeddings: EmbeddingConfig = EmbeddingConfig()
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, groups: list[list[str]]) -> list[list[str]]:
+        if not groups or any(not g for g in groups):
+            raise ValueError("groups must be a non-empty list of non-empty op lists")
+        _check_ops([op for g in groups for op in g])
+        return groups
+
+    @property
+    def num_stages(self) -> int:
+        """Stages that get their own views and loss (1 when the hierarchy is off)."""
+        if self.mode == "off":
+            return 1
+        return len(self.stages) if self.stages is not None else len(self.groups)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HierarchyConfig:
+        k = self.num_stages
+        if self.mode == "add_one" and self.stages is not None and len(self.stages) != len(self.groups):
+            raise ValueError(
+                f"add_one needs one group per tapped stage: {len(self.groups)} groups for {len(self.stages)} stages"
+            )
+        if self.loss_weights is not None and len(self.loss_weights) != k:
+            raise ValueError(f"loss_weights has {len(self.loss_weights)} entries for {k} stages")
+        if self.embeddings.stages is not None and max(self.embeddings.stages, default=0) > k:
+            raise ValueError(f"embeddings.stages names stage {max(self.embeddings.stages)} of {k}")
+        return self
+
+
+# -------------------------------------------------------------------------------------------- augment
+class CropConfig(Section):
+    scale: tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]] = (0.2, 1.0)
+    ratio: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]] = (3 / 4, 4 / 3)
+
+    _ranges = field_validator("scale", "ratio")(classmethod(lambda cls, v: _check_range(v)))
+
+
+class ColorJitterConfig(Section):
+    p: Probability = 0.8
+    brightness: Annotated[float, Field(ge=0.0)] = 0.4
+    contrast: Annotated[float, Field(ge=0.0)] = 0.4
+    saturation: Annotated[float, Field(ge=0.0)] = 0.4
+    hue: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
+    order: Literal["random", "fixed"] = Field(
+        "random", description="random: a per-sample permutation of the four ops; fixed: b, c, s, h"
+    )
+
+
+class ProbabilityConfig(Section):
+    p: Probability
+
+
+class BlurConfig(Section):
+    p: Probability = 0.5
+    sigma: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]] = (0.1, 2.0)
+    kernel_size: Annotated[int, Field(ge=3)] | None = Field(
+        None, description="odd; default: 10% of the view size, made odd (SimCLR)"
+    )
+
+    _ranges = field_validator("sigma")(classmethod(lambda cls, v: _check_range(v)))
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, k: int | None) -> int | None:
+        if k is not None and k % 2 == 0:
+            raise ValueError("kernel_size must be odd")
+        return k
+
+
+class SolarizeConfig(Section):
+    p: Probability = 0.2
+    threshold: Probability = 0.5
+
+
+class NormalizeConfig(Section):
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[
+        Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]
+    ] = (0.229, 0.224, 0.225)
+
+
+class AugmentConfig(Section):
+    ops: list[str] = Field(
+        ["crop", "color_jitter", "grayscale", "blur", "flip"],
+        description="the full pipeline (last stage, or every stage when the hierarchy is off/uniform)",
+    )
+    output_size: Annotated[int, Field(ge=8)] | None = Field(None, description="view size; default data.image_size")
+    crop: CropConfig = CropConfig()
+    flip: ProbabilityConfig = ProbabilityConfig(p=0.5)
+    rotation: ProbabilityConfig = ProbabilityConfig(p=0.5)
+    color_jitter: ColorJitterConfig = ColorJitterConfig()
+    grayscale: ProbabilityConfig = ProbabilityConfig(p=0.2)
+    blur: BlurConfig = BlurConfig()
+    solarize: SolarizeConfig = SolarizeConfig()
+    normalize: NormalizeConfig = NormalizeConfig()
+
+    _ops = field_validator("ops")(classmethod(lambda cls, v: _check_ops(v)))
+
+
+# ------------------------------------------------------------------------------------ optim, schedule
+class OptimConfig(Section):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: Annotated[float, Field(gt=0.0)] = Field(0.05, description="base lr; scaled by batch_size / 256")
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0.0)] = 5e-4
+    batch_size: PositiveInt = 256
+
+
+class ScheduleConfig(Section):
+    epochs: PositiveInt = 10
+    warmup_epochs: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _warmup(self) -> ScheduleConfig:
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be less than epochs ({self.epochs})")
+        return self
+
+
+# ------------------------------------------------------------------------------------ runtime, eval, output
+class RuntimeConfig(Section):
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    threads: PositiveInt | None = Field(None, description="CPU threads for torch; default: torch's choice")
+    log_every: PositiveInt = Field(10, description="steps between metrics.jsonl lines")
+    checkpoint_every: PositiveInt = Field(1, description="epochs between checkpoints (the last is always saved)")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str) -> str:
+        if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
+            raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {device!r}")
+        return device
+
+
+class EvalConfig(Section):
+    heads: list[str] | None = Field(None, description="label heads to evaluate; default all the data has")
+    epochs: PositiveInt = 100
+    lr: Annotated[float, Field(gt=0.0)] = 0.1
+    batch_size: PositiveInt = 256
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    random_init_baseline: bool = Field(True, description="also evaluate the same backbone at random init")
+    after_pretrain: bool = Field(False, description="run linear-eval at the end of pretrain")
+
+
+class OutputConfig(Section):
+    dir: Path = Path("runs")
+    name: str | None = Field(None, description="run directory name; default: the manifest's name")
+
+
+class Manifest(Section):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
+    seed: Annotated[int, Field(ge=0)] = 0
+    data: DataConfig = DataConfig()
+    backbone: BackboneConfig = BackboneConfig()
+    method: MethodConfig = MethodConfig()
+    hierarchy: HierarchyConfig = HierarchyConfig()
+    augment: AugmentConfig = AugmentConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output.dir / (self.output.name or self.name)
+
+    @property
+    def view_size(self) -> int:
+        return self.augment.output_size or self.data.image_size
+
+
+# ------------------------------------------------------------------------------------- load and dump
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`section.key=value` -> (["section", "key"], value); the value is read as YAML (numbers, lists)."""
+    path, sep, raw = text.partition("=")
+    if not sep or not path or any(not part for part in path.split(".")):
+        raise HiclError(f"--set {text!r}: expected section.key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError as exc:
+        raise HiclError(f"--set {text!r}: value is not valid YAML ({exc.__class__.__name__})") from None
+    return path.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = raw
+        for key in keys[:-1]:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise HiclError(f"--set {text!r}: {key} is not a section")
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """One line: `source: field.path: what was expected (got value)` for each problem."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "manifest"
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        shown = "" if err["type"] == "missing" or isinstance(got, dict) else f" (got {got!r})"
+        parts.append(f"{loc}: {msg}{shown}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def manifest_from_dict(raw: dict[str, Any], source: str = "manifest") -> Manifest:
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise HiclError(format_validation_error(exc, source)) from None
+
+
+def load_manifest(path: Path | str, overrides: list[str] | None = None) -> Manifest:
+    path = Path(path)
+    if not path.is_file():
+        raise HiclError(f"{path}: manifest not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise HiclError(f"{path}: not valid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise HiclError(f"{path}: expected a mapping of sections at the top level")
+    return manifest_from_dict(apply_overrides(raw, overrides or []), str(path))
+
+
+def manifest_to_dict(manifest: Manifest) -> dict[str, Any]:
+    return manifest.model_dump(mode="json")
+
+
+def dump_manifest(manifest: Manifest) -> str:
+    return yaml.safe_dump(manifest_to_dict(manifest), sort_keys=False)
+

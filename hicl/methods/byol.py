@@ -1,0 +1,45 @@
+"""BYOL (Grill et al., 2020): the online predictor regresses the momentum target's projection.
+
+    L = 1/2 [ (2 - 2 cos(p_a, sg(z'_b))) + (2 - 2 cos(p_b, sg(z'_a))) ]
+
+z' comes from the target network, an exponential moving average of the online backbone, adapters,
+embedders and projectors (decay `method.momentum`, raised to 1 along a cosine; see hicl.train).
+The two directions are averaged, so the loss lies in [0, 4] and equals 2 - 2 cos for one pair.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hicl.manifest import MethodConfig
+from hicl.methods.base import Method
+from hicl.models.heads import mlp
+
+
+def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """2 - 2 cos(p, sg(z)), the squared distance of the unit vectors, averaged over the batch."""
+    return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=1)).mean()
+
+
+def byol_loss(p_a: torch.Tensor, p_b: torch.Tensor, t_a: torch.Tensor, t_b: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (regression_loss(p_a, t_b) + regression_loss(p_b, t_a))
+
+
+class BYOL(Method):
+    uses_target = True
+
+    def __init__(self, cfg: MethodConfig, num_stages: int):
+        super().__init__(cfg, num_stages)
+        self.predictors = nn.ModuleList(
+            mlp([cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim]) for _ in range(num_stages)
+        )
+
+    @staticmethod
+    def make_projector(cfg: MethodConfig, in_dim: int) -> nn.Module:
+        return mlp([in_dim, cfg.proj_hidden_dim, cfg.proj_dim])
+
+    def stage_loss(self, stage, online_a, online_b, target_a=None, target_b=None):
+        predictor = self.predictors[stage]
+        return byol_loss(predictor(online_a), predictor(online_b), target_a, target_b)

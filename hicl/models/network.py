@@ -1,0 +1,118 @@
+"""The per-stage network: backbone stages -> adapter (+ augmentation embedding) -> projector.
+
+`StageNetwork` is the online network; `SSLModel` puts a method (predictors, queues) and, for BYOL and
+MoCo, a momentum target copy of the whole `StageNetwork` around it and returns one loss per stage.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from hicl.augment.hierarchy import StageViews, embedded_stages
+from hicl.manifest import Manifest
+from hicl.methods import METHODS, Method
+from hicl.models.backbone import StageRunner, create_backbone, select_stages
+from hicl.models.heads import ParamEmbedder, make_adapter
+
+
+class StageNetwork(nn.Module):
+    def __init__(
+        self,
+        runner: StageRunner,
+        adapter: str,
+        projector_factory,
+        embedded: list[int],
+        embed_in_dim: int,
+        embed_dim: int,
+    ):
+        super().__init__()
+        self.runner = runner
+        stages = runner.stages
+        width = runner.out_features
+        self.adapters = nn.ModuleList(
+            [make_adapter(adapter, s.channels, width, s.reduction, stages[-1].reduction) for s in stages[:-1]]
+            + [nn.Identity()]  # the last stage is already globally pooled by the model's own head
+        )
+        self.embedders = nn.ModuleDict({str(k): ParamEmbedder(embed_in_dim, embed_dim) for k in embedded})
+        self.projectors = nn.ModuleList(
+            projector_factory(width + (embed_dim if str(k) in self.embedders else 0)) for k in range(len(stages))
+        )
+
+    def forward(
+        self, views: list[torch.Tensor], param_vectors: list[torch.Tensor | None], fused: bool
+    ) -> list[torch.Tensor]:
+        outputs = []
+        for k, stage_map in enumerate(self.runner(views, fused=fused)):
+            feature = self.adapters[k](stage_map)
+            if str(k) in self.embedders:
+                feature = torch.cat([feature, self.embedders[str(k)](param_vectors[k]).to(feature.dtype)], dim=1)
+            outputs.append(self.projectors[k](feature))
+        return outputs
+
+
+class SSLModel(nn.Module):
+    def __init__(self, online: StageNetwork, method: Method, fused: bool, loss_weights: list[float]):
+        super().__init__()
+        self.online = online
+        self.method = method
+        self.fused = fused
+        self.register_buffer("loss_weights", torch.tensor(loss_weights), persistent=False)
+        self.target = None
+        if method.uses_target:
+            self.target = copy.deepcopy(online).requires_grad_(False)
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The timm model being pretrained (unwrapped: its state_dict keys are timm's)."""
+        return self.online.runner.model
+
+    def stage_losses(self, batch: StageViews) -> torch.Tensor:
+        """One loss per tapped stage, shallow to deep (unweighted)."""
+        online = self.online(batch.views, batch.param_vectors, self.fused)
+        targets: list[torch.Tensor | None] = [None] * len(online)
+        if self.target is not None:
+            with torch.no_grad():
+                targets = self.target(batch.views, batch.param_vectors, self.fused)
+        losses = []
+        for k, z in enumerate(online):
+            z_a, z_b = z.chunk(2)
+            t_a, t_b = targets[k].chunk(2) if targets[k] is not None else (None, None)
+            losses.append(self.method.stage_loss(k, z_a, z_b, t_a, t_b).float())
+        return torch.stack(losses)
+
+    def total_loss(self, stage_losses: torch.Tensor) -> torch.Tensor:
+        return (self.loss_weights * stage_losses).sum()
+
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        """target <- momentum * target + (1 - momentum) * online, for parameters; buffers copied."""
+        if self.target is None:
+            return
+        for t, o in zip(self.target.parameters(), self.online.parameters()):
+            t.lerp_(o, 1.0 - momentum)
+        for t, o in zip(self.target.buffers(), self.online.buffers()):
+            t.copy_(o)
+
+
+def build_model(manifest: Manifest, embed_in_dim: int) -> SSLModel:
+    """The SSL model a manifest describes, initialised from the global torch RNG (seed it first)."""
+    hierarchy = manifest.hierarchy
+    backbone = create_backbone(manifest.backbone)
+    names = hierarchy.stages if hierarchy.mode != "off" else None
+    stages = select_stages(backbone, names, hierarchy.num_stages, manifest.backbone.name)
+    runner = StageRunner(backbone, stages, manifest.backbone.name, probe_size=max(manifest.view_size, 32))
+    method_cls = METHODS[manifest.method.name]
+    online = StageNetwork(
+        runner,
+        hierarchy.adapter,
+        lambda in_dim: method_cls.make_projector(manifest.method, in_dim),
+        embedded_stages(hierarchy),
+        embed_in_dim,
+        hierarchy.embeddings.dim,
+    )
+    method = method_cls(manifest.method, len(stages))
+    weights = hierarchy.loss_weights or [1.0] * len(stages)
+    return SSLModel(online, method, hierarchy.forward == "fused", weights)

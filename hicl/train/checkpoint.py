@@ -1,0 +1,145 @@
+"""Checkpoints as safetensors: nothing hicl reads back is a pickle, so loading never runs code.
+
+    checkpoints/last/
+      backbone.safetensors   the timm model's state_dict (timm keys, ready for export)
+      heads.safetensors      everything else of the SSL model: adapters, embedders, projectors,
+                             predictors, momentum target, queues
+      trainer.safetensors    optimiser state tensors and random-generator states
+      meta.json              epoch, step, optimiser hyper-parameters, hicl version
+
+A checkpoint is written to `last.tmp/` and only then swapped in, so a crash while writing never
+replaces a good checkpoint with a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import hicl
+from hicl.errors import HiclError
+from hicl.models.network import SSLModel
+
+BACKBONE_PREFIX = "online.runner.model."
+FILES = ("backbone.safetensors", "heads.safetensors", "trainer.safetensors", "meta.json")
+
+
+def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared or strided storage; a copy per tensor is cheap next to the I/O.
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+
+
+def split_state(model: SSLModel) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(backbone state with timm keys, the rest of the model's state)."""
+    state = model.state_dict()
+    backbone = {k[len(BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+    heads = {k: v for k, v in state.items() if not k.startswith(BACKBONE_PREFIX)}
+    return backbone, heads
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    for name, value in meta["scalars"].items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(
+    directory: Path,
+    model: SSLModel,
+    optimizer: torch.optim.Optimizer,
+    generators: dict[str, torch.Generator],
+    progress: dict[str, int],
+) -> None:
+    tmp = directory.with_name(directory.name + ".tmp")
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    backbone, heads = split_state(model)
+    opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+    rng = {f"rng.{name}": g.get_state() for name, g in generators.items()}
+    rng["rng.torch"] = torch.get_rng_state()
+    save_file(_contiguous(backbone), tmp / "backbone.safetensors", metadata={"format": "pt"})
+    save_file(_contiguous(heads), tmp / "heads.safetensors")
+    save_file(_contiguous({**opt_tensors, **rng}), tmp / "trainer.safetensors")
+    meta = {"hicl": hicl.__version__, **progress, "optimizer": opt_meta}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if directory.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        directory.rename(old)
+    tmp.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(directory: Path) -> Path | None:
+    """`directory` if complete; else the previous one kept while a swap was interrupted."""
+    for candidate in (directory, directory.with_name(directory.name + ".old")):
+        if all((candidate / f).is_file() for f in FILES):
+            return candidate
+    return None
+
+
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as exc:
+        raise HiclError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def load_backbone_state(directory: Path) -> dict[str, torch.Tensor]:
+    found = find_checkpoint(directory)
+    if found is None:
+        raise HiclError(f"{directory}: no complete checkpoint (expected {', '.join(FILES)})")
+    return _load(found / "backbone.safetensors")
+
+
+def load_checkpoint(
+    directory: Path,
+    model: SSLModel,
+    optimizer: torch.optim.Optimizer,
+    generators: dict[str, torch.Generator],
+) -> dict[str, Any]:
+    """Restore model, optimiser and generators in place; returns the progress (epoch, step)."""
+    found = find_checkpoint(directory)
+    if found is None:
+        raise HiclError(f"{directory}: no complete checkpoint (expected {', '.join(FILES)})")
+    backbone = _load(found / "backbone.safetensors")
+    state = {BACKBONE_PREFIX + k: v for k, v in backbone.items()} | _load(found / "heads.safetensors")
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise HiclError(f"{found}: checkpoint does not match the manifest's model ({first})") from None
+    if result.missing_keys or result.unexpected_keys:
+        wrong = (result.missing_keys or result.unexpected_keys)[0]
+        raise HiclError(f"{found}: checkpoint does not match the manifest's model (first mismatch: {wrong})")
+    meta = json.loads((found / "meta.json").read_text())
+    trainer = _load(found / "trainer.safetensors")
+    _restore_optimizer(optimizer, trainer, meta["optimizer"])
+    for name, generator in generators.items():
+        generator.set_state(trainer[f"rng.{name}"])
+    torch.set_rng_state(trainer["rng.torch"])
+    return {"epoch": meta["epoch"], "step": meta["step"]}
