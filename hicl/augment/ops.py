@@ -31,17 +31,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hicl.manifest import BlurConfig, ColorJitterConfig, CropConfig, ProbabilityConfig, SolarizeConfig
+from hicl.manifest import BlurConfig, ColorJitterConfig, CropConfig, ProbabilityConfig
 
 GRAY_WEIGHTS: tuple[float, float, float] = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as torchvision
 CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries this many boxes before its centre-crop fallback
 COLOR_IDENTITY: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 0.0)  # brightness, contrast, saturation, hue
+
+
+class HasProbability(Protocol):
+    """Any op config with an application probability p (ProbabilityConfig, ColorJitterConfig, BlurConfig, ...)."""
+
+    p: float
 
 
 class ColorJitterParams(NamedTuple):
@@ -74,6 +80,8 @@ def _apply_where(images: Tensor, parts: Sequence[tuple[Tensor, Callable[[Tensor,
             outputs.append(fn(images[idx], idx))
     if not indices:
         return images
+    if len(indices) == 1:  # the common case: no concatenation copy
+        return images.index_copy(0, indices[0], outputs[0])
     return images.index_copy(0, torch.cat(indices), torch.cat(outputs))
 
 
@@ -157,7 +165,7 @@ def apply_crop(images: Tensor, boxes: Tensor, size: int) -> Tensor:
 
 
 # --------------------------------------------------------------------------------- coin-flip ops
-def sample_coin(batch_size: int, cfg: ProbabilityConfig | SolarizeConfig, generator: torch.Generator) -> Tensor:
+def sample_coin(batch_size: int, cfg: HasProbability, generator: torch.Generator) -> Tensor:
     """bool [B], True with probability cfg.p: whether the op is applied to each sample."""
     return torch.rand(batch_size, generator=generator, device=generator.device) < cfg.p
 
@@ -249,14 +257,16 @@ def adjust_saturation(images: Tensor, factor: Tensor) -> Tensor:
     return _blend(images, luma(images), factor)
 
 
-def rgb_to_hsv(images: Tensor) -> Tensor:
-    """RGB [N, 3, H, W] in [0, 1] -> HSV with h in [0, 1) (torchvision's `_rgb_to_hsv`, Pillow's formulas).
+def rgb_to_hsv(images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """RGB [N, 3, H, W] in [0, 1] -> (h, s, v), each [N, H, W], h in [0, 1) (torchvision's `_rgb_to_hsv`).
 
-    v = max, s = (max - min) / max, h = sector-wise (rc, gc, bc = (max - channel) / (max - min)) / 6 mod 1;
-    grey pixels (max == min) get s = h = 0 without dividing by zero.
+    Pillow's formulas: v = max, s = (max - min) / max, h = sector-wise (rc, gc, bc = (max - channel) /
+    (max - min)) / 6 mod 1; grey pixels (max == min) get s = h = 0 without dividing by zero.
     """
-    r, g, _ = images.unbind(dim=1)
-    minc, maxc = torch.aminmax(images, dim=1)
+    r, g, b = images.unbind(dim=1)
+    # elementwise max / min: the same values as torchvision's aminmax over channels, several times faster
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    minc = torch.minimum(torch.minimum(r, g), b)
     eqc = maxc == minc
     channels_range = maxc - minc
     ones = torch.ones_like(maxc)
@@ -269,20 +279,15 @@ def rgb_to_hsv(images: Tensor) -> Tensor:
     hg = (rc + 2.0 - bc) * (max_is_g & max_is_not_r)
     hb = (gc + 4.0 - rc) * (max_is_not_r & ~max_is_g)
     h = (hr + hg + hb).mul_(1.0 / 6.0).add_(1.0).fmod_(1.0)
-    return torch.stack((h, s, maxc), dim=1)
+    return h, s, maxc
 
 
-# which of (v, p, q, t) each of r, g, b takes in hue sector i = floor(6 h) (torchvision's `_hsv_to_rgb`)
-_HSV_SELECT = ((0, 2, 1, 1, 3, 0), (3, 0, 0, 2, 1, 1), (1, 1, 3, 0, 0, 2))
-
-
-def hsv_to_rgb(hsv: Tensor) -> Tensor:
-    """HSV [N, 3, H, W] -> RGB (torchvision's `_hsv_to_rgb`).
+def hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
+    """(h, s, v), each [N, H, W] -> RGB [N, 3, H, W] (torchvision's `_hsv_to_rgb`).
 
     With i = floor(6 h), f = 6 h - i: p = v (1 - s), q = v (1 - s f), t = v (1 - s (1 - f)), each clamped to
-    [0, 1], and (r, g, b) picked from (v, p, q, t) by sector i mod 6.
+    [0, 1]; by sector i mod 6 = 0..5, r takes (v, q, p, p, t, v), g (t, v, v, q, p, p), b (p, p, t, v, v, q).
     """
-    h, s, v = hsv.unbind(dim=1)
     h6 = h * 6
     i = torch.floor(h6)
     f = h6 - i
@@ -291,16 +296,19 @@ def hsv_to_rgb(hsv: Tensor) -> Tensor:
     q = (1.0 - sxf).mul_(v).clamp_(0.0, 1.0)
     t = (sxf + one_minus_s).mul_(v).clamp_(0.0, 1.0)
     p = (one_minus_s * v).clamp_(0.0, 1.0)
-    vpqt = torch.stack((v, p, q, t), dim=1)
-    select = torch.tensor(_HSV_SELECT, device=hsv.device)[:, i.long().remainder_(6)]  # [3, N, H, W]
-    return vpqt.gather(1, select.transpose(0, 1))
+    # selecting with masks picks the same values as torchvision's table gather, without an int64 index
+    sector = [i == k for k in range(6)]
+    sector[0] |= i == 6  # 6 h rounds up to 6 for h just below 1: sector 6 mod 6 = 0
+    r = torch.where(sector[0] | sector[5], v, torch.where(sector[1], q, torch.where(sector[4], t, p)))
+    g = torch.where(sector[1] | sector[2], v, torch.where(sector[3], q, torch.where(sector[0], t, p)))
+    b = torch.where(sector[3] | sector[4], v, torch.where(sector[5], q, torch.where(sector[2], t, p)))
+    return torch.stack((r, g, b), dim=1)
 
 
 def adjust_hue(images: Tensor, factor: Tensor) -> Tensor:
     """Rotate the hue by a per-sample f in [-0.5, 0.5]: RGB -> HSV, h = (h + f) mod 1, HSV -> RGB."""
-    h, s, v = rgb_to_hsv(images).unbind(dim=1)
-    h = (h + factor.view(-1, 1, 1)).remainder_(1.0)
-    return hsv_to_rgb(torch.stack((h, s, v), dim=1))
+    h, s, v = rgb_to_hsv(images)
+    return hsv_to_rgb((h + factor.view(-1, 1, 1)).remainder_(1.0), s, v)
 
 
 COLOR_ADJUSTERS: tuple[Callable[[Tensor, Tensor], Tensor], ...] = (

@@ -62,17 +62,20 @@ def _check_ops(ops: Sequence[str]) -> None:
 def identity_params(batch_size: int, image_hw: tuple[int, int], device: torch.device | str) -> Params:
     """Parameters under which every op leaves the image unchanged (the full image as crop box)."""
     height, width = image_hw
-    zeros = torch.zeros(batch_size, dtype=torch.bool, device=device)
+
+    def false() -> Tensor:  # a fresh tensor per key, so that editing one entry in place leaves the others
+        return torch.zeros(batch_size, dtype=torch.bool, device=device)
+
     return {
         "crop_box": torch.tensor([0, 0, height, width], device=device).repeat(batch_size, 1),
-        "flip": zeros,
+        "flip": false(),
         "rotation_k": torch.zeros(batch_size, dtype=torch.int64, device=device),
         "color_factors": torch.tensor(A.COLOR_IDENTITY, device=device).repeat(batch_size, 1),
         "color_order": torch.arange(4, device=device).repeat(batch_size, 1),
-        "color_applied": zeros,
-        "grayscale": zeros,
+        "color_applied": false(),
+        "grayscale": false(),
         "blur_sigma": torch.zeros(batch_size, device=device),
-        "solarize": zeros,
+        "solarize": false(),
     }
 
 
@@ -137,7 +140,10 @@ class Pipeline:
         return A.normalize(x, cfg.normalize.mean, cfg.normalize.std, self.out_dtype)
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Params]:
-        """(views [B, 3, S, S], params) for a uint8 batch [B, 3, H, W]; draws with `generator` (CPU or the images' device)."""
+        """(views [B, 3, S, S], params) for a uint8 batch [B, 3, H, W].
+
+        `generator` may live on the CPU or on the images' device; the params end up on the images' device.
+        """
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected a uint8 batch [B, 3, H, W], got {images.dtype} {list(images.shape)}")
         batch_size, _, height, width = images.shape

@@ -119,14 +119,21 @@ class StageRunner(nn.Module):
         """Fail unless running the segments equals `model(x)`; records the pooled feature width."""
         was_training = self.model.training
         self.model.eval()
+        probe = torch.randn(2, 3, probe_size, probe_size, generator=torch.Generator().manual_seed(0))
         try:
-            probe = torch.randn(2, 3, probe_size, probe_size, generator=torch.Generator().manual_seed(0))
-            reference = self.model(probe)
-            mine = self.run_all(probe)
-            same = reference.ndim == 2 and mine.shape == reference.shape and torch.allclose(mine, reference, atol=1e-4, rtol=1e-4)
-            self.out_features = reference.shape[1]
-        except RuntimeError:
-            same = False
+            try:
+                reference = self.model(probe)
+            except (RuntimeError, AssertionError, ValueError) as exc:
+                raise HiclError(
+                    f"backbone.name: {model_name} cannot run a {probe_size} px input "
+                    f"(check data.image_size / augment.output_size): {str(exc).splitlines()[0]}"
+                ) from None
+            try:
+                mine = self.run_all(probe)
+                same = reference.ndim == 2 and mine.shape == reference.shape
+                same = same and torch.allclose(mine, reference, atol=1e-4, rtol=1e-4)
+            except (RuntimeError, AssertionError, ValueError):
+                same = False
         finally:
             self.model.train(was_training)
         if not same:
@@ -134,6 +141,7 @@ class StageRunner(nn.Module):
                 f"backbone.name: {model_name}'s forward is not the sequence of its child modules, "
                 "so hicl cannot tap its stages"
             )
+        self.out_features = reference.shape[1]
 
     def run_segment(self, index: int, x: torch.Tensor) -> torch.Tensor:
         for module in self._segments[index]:
