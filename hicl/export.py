@@ -25,8 +25,19 @@ def export_timm(manifest: Manifest, run: RunDir, out_dir: Path) -> Path:
     weights = out_dir / "model.safetensors"
     save_file(state, weights, metadata={"format": "pt"})
     name = manifest.backbone.name
-    load = f"timm.create_model({name!r}, pretrained=True, pretrained_cfg_overlay=dict(file={str(weights)!r}), num_classes=0)"
-    record = {"format": "timm", "model": name, "weights": weights.name, "load": load, "small_stem": manifest.backbone.small_stem}
+    extra = "".join(f", {k}={v!r}" for k, v in manifest.backbone.kwargs.items())
+    load = (
+        f"timm.create_model({name!r}, pretrained=True, "
+        f"pretrained_cfg_overlay=dict(file={str(weights)!r}), num_classes=0{extra})"
+    )
+    record = {
+        "format": "timm",
+        "model": name,
+        "kwargs": manifest.backbone.kwargs,
+        "weights": weights.name,
+        "load": load,
+        "small_stem": manifest.backbone.small_stem,
+    }
     if manifest.backbone.small_stem:
         record["note"] = (
             "the backbone has hicl's small-input stem: build it with "

@@ -64,6 +64,9 @@ class BackboneConfig(Section):
         False, description="3x3 stride-1 stem without max-pool for 32 px images (ResNet-style models only)"
     )
     drop_path_rate: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+    kwargs: dict[str, Any] = Field(
+        {}, description="extra timm.create_model arguments, e.g. {img_size: 32, patch_size: 4} for a small ViT"
+    )
 
     @field_validator("name")
     @classmethod
@@ -85,7 +88,7 @@ class MethodConfig(Section):
     pred_hidden_dim: PositiveInt = 512
     fixed_predictor_lr: bool = Field(True, description="SimSiam: predictor keeps the base lr (no decay)")
     momentum: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
-        0.99, description="BYOL/MoCo v2: EMA decay of the target (BYOL: cosine-increased to 1)"
+        0.99, description="BYOL/MoCo v2: EMA decay of the target (BYOL: raised to 1 along a cosine; MoCo: constant)"
     )
     temperature: Annotated[float, Field(gt=0.0)] = Field(0.2, description="SimCLR/MoCo v2 softmax temperature")
     queue_size: PositiveInt = Field(4096, description="MoCo v2: negatives kept per stage")
@@ -116,6 +119,12 @@ class HierarchyConfig(Section):
     adapter: Literal["sepconv", "pool_linear"] = "sepconv"
     loss_weights: list[Annotated[float, Field(ge=0.0)]] | None = None
     embeddings: EmbeddingConfig = EmbeddingConfig()
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, mode: object) -> object:
+        # YAML 1.1 reads a bare `off` as the boolean false.
+        return "off" if mode is False else mode
 
     @field_validator("groups")
     @classmethod

@@ -106,3 +106,10 @@ def test_probe_invariance_does_not_pretend(tmp_path):
 def test_shipped_manifests_validate():
     for path in sorted(Path(__file__).parents[1].glob("manifests/*.yaml")):
         load_manifest(path)
+
+
+def test_bare_yaml_off_means_hierarchy_off(tmp_path):
+    # YAML 1.1 reads `off` as false; the manifest takes it as the mode name.
+    path = write(tmp_path, "name: x\nhierarchy:\n  mode: off\n")
+    assert load_manifest(path).hierarchy.mode == "off"
+    assert load_manifest(write(tmp_path, {"name": "x"}, "y.yaml"), ["hierarchy.mode=off"]).hierarchy.mode == "off"

@@ -368,3 +368,14 @@ def test_simsiam_fixed_lr_parameters_are_the_predictors():
     off = SimSiam(_cfg("simsiam").model_copy(update={"fixed_predictor_lr": False}), 2)
     assert off.fixed_lr_parameters() == []
     assert BYOL(_cfg("byol"), 2).fixed_lr_parameters() == []
+
+
+def test_byol_target_momentum_rises_along_a_cosine_and_moco_stays_constant():
+    cfg = MethodConfig(name="byol", momentum=0.99)
+    byol, moco = BYOL(cfg, 1), MoCoV2(cfg.model_copy(update={"name": "moco_v2", "queue_size": 8}), 1)
+    total = 100
+    for step in (0, 25, 50, 100):
+        expected = 1 - 0.01 * (math.cos(math.pi * step / total) + 1) / 2
+        assert byol.target_momentum(step, total) == pytest.approx(expected)
+        assert moco.target_momentum(step, total) == 0.99
+    assert byol.target_momentum(0, total) == pytest.approx(0.99) and byol.target_momentum(total, total) == pytest.approx(1.0)

@@ -141,10 +141,28 @@ def test_non_sequential_backbone_is_a_hicl_error():
     net = _SkipNet()
     with pytest.raises(HiclError, match="skipnet_custom"):
         StageRunner(net, select_stages(net, None, 2, "skipnet_custom"), "skipnet_custom")
-    vit = timm.create_model("vit_tiny_patch16_224", num_classes=0)
-    stages = select_stages(vit, None, 4, "vit_tiny_patch16_224")
-    with pytest.raises(HiclError, match="vit_tiny_patch16_224.*not the sequence"):
-        StageRunner(vit, stages, "vit_tiny_patch16_224", probe_size=224)
+    # CaiT's class-attention blocks run on a token that joins after the patch blocks.
+    cait = timm.create_model("cait_xxs24_224", num_classes=0)
+    stages = select_stages(cait, None, 4, "cait_xxs24_224")
+    with pytest.raises(HiclError, match="cait_xxs24_224.*not the sequence"):
+        StageRunner(cait, stages, "cait_xxs24_224", probe_size=224)
+
+
+def test_vit_is_tapped_as_equal_block_groups():
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=0, img_size=32, patch_size=4).eval()
+    stages = select_stages(vit, None, 4, "vit")
+    assert [s.name for s in stages] == ["blocks.2", "blocks.5", "blocks.8", "blocks.11"]
+    runner = StageRunner(vit, stages, "vit", probe_size=32)
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        separate = runner([x[:2], x[2:4], x[4:6], x[6:]])
+        fused = runner([x[:2], x[2:4], x[4:6], x[6:]], fused=True)
+        tokens = vit.blocks[:3](vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(x[:2])))))
+    expected_map = tokens[:, vit.num_prefix_tokens :].transpose(1, 2).reshape(2, 192, 8, 8)
+    assert torch.allclose(separate[0], expected_map, atol=1e-5)
+    assert torch.allclose(separate[3], vit(x[6:]), atol=1e-5)
+    for a, b in zip(separate, fused):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_backbone_rejecting_the_probe_size_is_a_hicl_error():

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from hicl.manifest import MethodConfig
+from hicl.models.heads import mlp
 
 
 class Method(nn.Module, ABC):
@@ -41,9 +42,18 @@ class Method(nn.Module, ABC):
     ) -> torch.Tensor:
         """The loss of one stage from the projections of views a and b."""
 
+    def target_momentum(self, step: int, total_steps: int) -> float:
+        """EMA decay of the momentum target at `step` (constant `method.momentum` unless overridden)."""
+        return self.cfg.momentum
+
     def after_step(self) -> None:
         """Called once per optimiser step, after the losses of every stage were computed."""
 
     def fixed_lr_parameters(self) -> list[nn.Parameter]:
         """Parameters that keep the base learning rate instead of following the schedule."""
         return []
+
+
+def make_predictors(cfg: MethodConfig, num_stages: int) -> nn.ModuleList:
+    """One predictor per stage, Linear -> BN -> ReLU -> Linear through `pred_hidden_dim` (SimSiam, BYOL)."""
+    return nn.ModuleList(mlp([cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim]) for _ in range(num_stages))

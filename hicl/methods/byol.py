@@ -9,12 +9,14 @@ The two directions are averaged, so the loss lies in [0, 4] and equals 2 - 2 cos
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hicl.manifest import MethodConfig
-from hicl.methods.base import Method
+from hicl.methods.base import Method, make_predictors
 from hicl.models.heads import mlp
 
 
@@ -32,13 +34,15 @@ class BYOL(Method):
 
     def __init__(self, cfg: MethodConfig, num_stages: int):
         super().__init__(cfg, num_stages)
-        self.predictors = nn.ModuleList(
-            mlp([cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim]) for _ in range(num_stages)
-        )
+        self.predictors = make_predictors(cfg, num_stages)
 
     @staticmethod
     def make_projector(cfg: MethodConfig, in_dim: int) -> nn.Module:
         return mlp([in_dim, cfg.proj_hidden_dim, cfg.proj_dim])
+
+    def target_momentum(self, step: int, total_steps: int) -> float:
+        """tau = 1 - (1 - base) * (cos(pi * step / total) + 1) / 2: from `method.momentum` up to 1."""
+        return 1 - (1 - self.cfg.momentum) * (math.cos(math.pi * step / max(1, total_steps)) + 1) / 2
 
     def stage_loss(self, stage, online_a, online_b, target_a=None, target_b=None):
         predictor = self.predictors[stage]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hicl.manifest import MethodConfig
-from hicl.methods.base import Method
+from hicl.methods.base import Method, make_predictors
 from hicl.models.heads import mlp
 
 
@@ -26,9 +26,7 @@ def simsiam_loss(p_a: torch.Tensor, p_b: torch.Tensor, z_a: torch.Tensor, z_b: t
 class SimSiam(Method):
     def __init__(self, cfg: MethodConfig, num_stages: int):
         super().__init__(cfg, num_stages)
-        self.predictors = nn.ModuleList(
-            mlp([cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim]) for _ in range(num_stages)
-        )
+        self.predictors = make_predictors(cfg, num_stages)
 
     @staticmethod
     def make_projector(cfg: MethodConfig, in_dim: int) -> nn.Module:

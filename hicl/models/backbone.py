@@ -1,8 +1,8 @@
 """timm backbones cut into stages, and a runner that sends stage-k views only through stages 1..k.
 
 A timm model is tapped at the modules its `feature_info` names (ResNet layer1..layer4, RegNet s1..s4,
-ConvNeXt stages.0..3, EfficientNet's stage ends). hicl flattens the model's children down to those
-names and splits the sequence after each tapped stage; the last segment runs to the end of the model,
+ConvNeXt stages.0..3, EfficientNet's stage ends; a ViT as K equal groups of blocks). hicl flattens the
+model's children down to those names and splits the sequence after each tapped stage; the last segment runs to the end of the model,
 including its global pooling head (with `num_classes=0`), so the last stage's output is exactly the
 pooled feature `model(x)` that linear evaluation and every export use. Whether a model really is such
 a sequence is checked once, on a small input in eval mode, against `model(x)`.
@@ -10,6 +10,7 @@ a sequence is checked once, on a small input in eval mode, against `model(x)`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import timm
@@ -31,7 +32,9 @@ class StageInfo:
 
 def create_backbone(cfg: BackboneConfig) -> nn.Module:
     """The timm model with no classifier (`num_classes=0`), optionally with a small-input stem."""
-    model = timm.create_model(cfg.name, pretrained=False, num_classes=0, drop_path_rate=cfg.drop_path_rate)
+    model = timm.create_model(
+        cfg.name, pretrained=False, num_classes=0, drop_path_rate=cfg.drop_path_rate, **cfg.kwargs
+    )
     if cfg.small_stem:
         apply_small_stem(model, cfg.name)
     return model
@@ -57,7 +60,8 @@ def feature_stages(model: nn.Module) -> list[StageInfo]:
 
 
 def select_stages(model: nn.Module, names: list[str] | None, count: int, model_name: str) -> list[StageInfo]:
-    """The tapped stages: the named ones, or the last `count` of the model's feature stages."""
+    """The tapped stages: the named ones; by default the last `count` feature stages, or for models
+    that never downsample (ViT: one feature stage per block) the ends of `count` equal block groups."""
     available = feature_stages(model)
     if names is None:
         if count > len(available):
@@ -65,6 +69,8 @@ def select_stages(model: nn.Module, names: list[str] | None, count: int, model_n
                 f"hierarchy: {model_name} has {len(available)} feature stages "
                 f"({', '.join(s.name for s in available)}), the hierarchy needs {count}"
             )
+        if len({s.reduction for s in available}) == 1:
+            return [available[(i + 1) * len(available) // count - 1] for i in range(count)]
         return available[len(available) - count :]
     by_name = {s.name: s for s in available}
     unknown = [n for n in names if n not in by_name]
@@ -79,9 +85,12 @@ def select_stages(model: nn.Module, names: list[str] | None, count: int, model_n
     return [by_name[n] for n in names]
 
 
-def _flatten_to(module: nn.Module, targets: set[str], prefix: str = "") -> list[tuple[str, nn.Module]]:
+Step = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _flatten_to(module: nn.Module, targets: set[str], prefix: str = "") -> list[tuple[str, Step]]:
     """Children in order, descending only into those that contain a target module."""
-    flat: list[tuple[str, nn.Module]] = []
+    flat: list[tuple[str, Step]] = []
     for name, child in module.named_children():
         full = f"{prefix}{name}"
         if full not in targets and any(t.startswith(full + ".") for t in targets):
@@ -89,6 +98,33 @@ def _flatten_to(module: nn.Module, targets: set[str], prefix: str = "") -> list[
         else:
             flat.append((full, child))
     return flat
+
+
+def _is_vit(model: nn.Module) -> bool:
+    return all(hasattr(model, a) for a in ("patch_embed", "_pos_embed", "blocks", "pool", "num_prefix_tokens"))
+
+
+def _vit_sequence(model: nn.Module) -> list[tuple[str, Step]]:
+    """timm's VisionTransformer forward as a flat sequence (two of its steps are methods, not children)."""
+    steps: list[tuple[str, Step]] = [
+        ("patch_embed", model.patch_embed), ("_pos_embed", model._pos_embed),
+        ("patch_drop", model.patch_drop), ("norm_pre", model.norm_pre),
+    ]
+    steps += [(f"blocks.{i}", block) for i, block in enumerate(model.blocks)]
+    steps += [("norm", model.norm), ("pool", model.pool), ("fc_norm", model.fc_norm),
+              ("head_drop", model.head_drop), ("head", model.head)]
+    return steps
+
+
+def _tokens_to_map(model: nn.Module) -> Step:
+    """ViT tokens [N, prefix + h*w, C] -> patch map [N, C, h, w] for the stage adapters."""
+
+    def to_map(tokens: torch.Tensor) -> torch.Tensor:
+        patches = tokens[:, model.num_prefix_tokens :]
+        side = int(round(patches.shape[1] ** 0.5))
+        return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], side, side)
+
+    return to_map
 
 
 class StageRunner(nn.Module):
@@ -106,7 +142,10 @@ class StageRunner(nn.Module):
         self.model = model
         self.stages = stages
         targets = {s.name for s in stages[:-1]}
-        flat = _flatten_to(model, targets)
+        vit = _is_vit(model)
+        flat = _vit_sequence(model) if vit else _flatten_to(model, targets)
+        # Outputs of the stages before the last go to the adapters as [N, C, H, W] maps.
+        self._to_map: Step = _tokens_to_map(model) if vit else (lambda x: x)
         names = [n for n, _ in flat]
         cuts = [names.index(s.name) + 1 for s in stages[:-1]]
         bounds = [0, *cuts, len(flat)]
@@ -162,7 +201,7 @@ class StageRunner(nn.Module):
                 for index in range(k + 1):
                     x = self.run_segment(index, x)
                 outputs.append(x)
-            return outputs
+            return [self._to_map(x) for x in outputs[:-1]] + outputs[-1:]
         sizes = [x.shape[0] for x in stage_inputs]
         x = torch.cat(stage_inputs)
         outputs = []
@@ -170,4 +209,4 @@ class StageRunner(nn.Module):
             x = self.run_segment(k, x)
             done, x = x.split([sizes[k], x.shape[0] - sizes[k]])
             outputs.append(done)
-        return outputs
+        return [self._to_map(x) for x in outputs[:-1]] + outputs[-1:]

@@ -25,7 +25,7 @@ from hicl.models.network import build_model
 from hicl.runs import RunDir, tensor_fingerprint
 from hicl.train.checkpoint import load_checkpoint, save_checkpoint
 from hicl.train.device import autocast, resolve_device, view_dtype
-from hicl.train.optim import build_optimizer, lr_at, scaled_lr, set_lr, target_momentum
+from hicl.train.optim import build_optimizer, lr_at, scaled_lr, set_lr
 
 ORDER_SEED_OFFSET = 1
 AUGMENT_SEED_OFFSET = 2
@@ -118,7 +118,7 @@ def pretrain(
                 loss.backward()
                 optimizer.step()
                 model.method.after_step()
-                model.update_target(target_momentum(step, total_steps, manifest.method.momentum))
+                model.update_target(model.method.target_momentum(step, total_steps))
                 step += 1
 
                 stage_values = stage_losses.detach().cpu().tolist()

@@ -1,4 +1,4 @@
-"""Optimiser and schedules: linear-scaled lr with warm-up and cosine decay; BYOL's momentum schedule."""
+"""Optimiser and learning-rate schedule: linear-scaled lr with warm-up and cosine decay."""
 
 from __future__ import annotations
 
@@ -47,7 +47,3 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float, base_lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = base_lr if group["fixed_lr"] else lr
 
-
-def target_momentum(step: int, total_steps: int, base: float) -> float:
-    """BYOL: tau = 1 - (1 - base) * (cos(pi * step / total) + 1) / 2, from `base` up to 1."""
-    return 1 - (1 - base) * (math.cos(math.pi * step / max(1, total_steps)) + 1) / 2
