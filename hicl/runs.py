@@ -5,7 +5,7 @@
       env.json        versions, device, seed, command line, data fingerprint
       metrics.jsonl   one JSON object per logged step and per epoch
       checkpoints/last/   backbone.safetensors heads.safetensors trainer.safetensors meta.json
-      results/        linear-eval, probe and export outputs
+      results/        loss.png, linear-eval and later probe outputs
 """
 
 from __future__ import annotations

@@ -165,3 +165,17 @@ def test_export_unknown_format_and_missing_run(tmp_path):
     assert result.exit_code == 2 and "--format" in result.output
     result = runner.invoke(app, ["linear-eval", str(tmp_path)])
     assert result.exit_code == 2 and "not a hicl run directory" in result.output
+
+
+def test_loss_plot_shows_every_stage_from_the_metrics(tmp_path):
+    from hicl.plots import loss_figure
+
+    run_dir = pretrain(tiny_manifest(tmp_path, hierarchy={"mode": "add_one", "adapter": "pool_linear"}),
+                       show_progress=False).run_dir
+    assert (run_dir / "results" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = loss_figure(records).axes[0].get_lines()
+    steps = [r for r in records if r["kind"] == "step"]
+    assert [line.get_label() for line in lines] == ["total (weighted)", "stage 1", "stage 2", "stage 3", "stage 4"]
+    assert list(lines[0].get_ydata()) == [r["loss"] for r in steps]
+    assert list(lines[3].get_ydata()) == [r["stage_losses"][2] for r in steps]

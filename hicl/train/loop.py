@@ -22,6 +22,7 @@ from hicl.data import load_split
 from hicl.errors import HiclError
 from hicl.manifest import Manifest
 from hicl.models.network import build_model
+from hicl.plots import save_loss_plot
 from hicl.runs import RunDir, tensor_fingerprint
 from hicl.train.checkpoint import load_checkpoint, save_checkpoint
 from hicl.train.device import autocast, resolve_device, view_dtype
@@ -140,4 +141,5 @@ def pretrain(
                 save_checkpoint(run.last_checkpoint, model, optimizer, generators, {"epoch": epoch + 1, "step": step})
 
     wall = time.perf_counter() - started
+    save_loss_plot(run.read_metrics(), run.results / "loss.png")
     return PretrainResult(run.path, epochs, step, loss_value, rate, wall)
