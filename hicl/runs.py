@@ -23,6 +23,7 @@ import torch
 import hicl
 from hicl.errors import HiclError
 from hicl.manifest import Manifest, dump_manifest, load_manifest
+from hicl.train.checkpoint import find_checkpoint
 
 
 class RunDir:
@@ -37,8 +38,6 @@ class RunDir:
         self.results = self.path / "results"
 
     def has_checkpoint(self) -> bool:
-        from hicl.train.checkpoint import find_checkpoint
-
         return find_checkpoint(self.last_checkpoint) is not None
 
     def start(self, manifest: Manifest, resume: bool, overwrite: bool) -> None:

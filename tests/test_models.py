@@ -305,7 +305,7 @@ def test_update_target_is_an_exponential_moving_average(built, method):
     with torch.no_grad():
         for p in model.online.parameters():
             p.add_(torch.randn_like(p) * 0.1)
-        for name, b in model.online.named_buffers():
+        for b in model.online.buffers():
             if b.dtype.is_floating_point:
                 b.add_(1.0)
     target_before = {n: p.detach().clone() for n, p in model.target.named_parameters()}

@@ -94,7 +94,7 @@ def linear_eval(manifest: Manifest, run: RunDir, console: Console | None = None)
             features = cached_features(
                 run.results / "features" / f"{name}.safetensors",
                 key,
-                {split: (lambda s=s: extract_features(backbone, s.images, manifest, device))
+                {split: (lambda s=s, b=backbone: extract_features(b, s.images, manifest, device))
                  for split, s in (("train", train), ("test", test))},
             )
         with console.status(f"linear probes on the {name.replace('_', ' ')} features"):
