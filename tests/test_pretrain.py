@@ -128,9 +128,13 @@ def test_existing_run_needs_resume_or_overwrite(tmp_path):
         pretrain(changed, resume=True, show_progress=False)
 
 
-def test_batch_larger_than_data_is_a_clear_error(tmp_path):
+def test_manifest_errors_found_at_start_leave_no_run_directory(tmp_path):
     with pytest.raises(HiclError, match="optim.batch_size"):
         pretrain(tiny_manifest(tmp_path, optim={"batch_size": 512}), show_progress=False)
+    with pytest.raises(HiclError, match="hierarchy.stages"):
+        pretrain(tiny_manifest(tmp_path, hierarchy={"mode": "add_one", "stages": ["s1", "s2", "s3", "layer9"]}),
+                 show_progress=False)
+    assert not (tmp_path / "tiny").exists()
 
 
 def test_linear_eval_and_timm_export_round_trip(tmp_path):

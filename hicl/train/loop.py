@@ -65,8 +65,6 @@ def pretrain(
     show_progress: bool = True,
 ) -> PretrainResult:
     console = console or Console(stderr=True)
-    run = RunDir(manifest.run_dir)
-    run.start(manifest, resume=resume, overwrite=overwrite)
     if manifest.runtime.threads:
         torch.set_num_threads(manifest.runtime.threads)
     device = resolve_device(manifest.runtime)
@@ -76,7 +74,6 @@ def pretrain(
     steps_per_epoch = len(train) // batch_size
     if steps_per_epoch == 0:
         raise HiclError(f"optim.batch_size: {batch_size} is larger than the {len(train)} training images")
-    run.write_env(manifest, device, tensor_fingerprint(train.images))
 
     torch.manual_seed(manifest.seed)
     augmenter = StageAugmenter(manifest.hierarchy, manifest.augment, manifest.view_size, view_dtype(manifest.runtime))
@@ -86,6 +83,10 @@ def pretrain(
         "order": torch.Generator().manual_seed(manifest.seed + ORDER_SEED_OFFSET),
         "augment": torch.Generator().manual_seed(manifest.seed + AUGMENT_SEED_OFFSET),
     }
+    # Only now that the manifest has proven buildable does the run directory appear.
+    run = RunDir(manifest.run_dir)
+    run.start(manifest, resume=resume, overwrite=overwrite)
+    run.write_env(manifest, device, tensor_fingerprint(train.images))
     start_epoch = 0
     if resume:
         start_epoch = load_checkpoint(run.last_checkpoint, model, optimizer, generators)["epoch"]
