@@ -395,3 +395,11 @@ def test_embedding_at_explicit_stages_one_and_four():
     model.total_loss(losses).backward()
     for k in ("0", "3"):
         assert all(p.grad is not None and p.grad.any() for p in model.online.embedders[k].parameters())
+
+
+def test_unknown_backbone_kwarg_is_a_hicl_error():
+    from hicl.manifest import BackboneConfig
+    from hicl.models.backbone import create_backbone
+
+    with pytest.raises(HiclError, match="backbone.kwargs"):
+        create_backbone(BackboneConfig(name="regnetx_002", kwargs={"no_such_argument": 1}))

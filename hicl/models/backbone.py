@@ -2,9 +2,9 @@
 
 A timm model is tapped at the modules its `feature_info` names (ResNet layer1..layer4, RegNet s1..s4,
 ConvNeXt stages.0..3, EfficientNet's stage ends; a ViT as K equal groups of blocks). hicl flattens the
-model's children down to those names and splits the sequence after each tapped stage; the last segment runs to the end of the model,
-including its global pooling head (with `num_classes=0`), so the last stage's output is exactly the
-pooled feature `model(x)` that linear evaluation and every export use. Whether a model really is such
+model's children down to those names and splits the sequence after each tapped stage; the last segment
+runs to the end of the model, including its global pooling head (with `num_classes=0`), so the last
+stage's output is exactly the pooled feature `model(x)` that linear evaluation and every export use. Whether a model really is such
 a sequence is checked once, on a small input in eval mode, against `model(x)`.
 """
 
@@ -32,9 +32,12 @@ class StageInfo:
 
 def create_backbone(cfg: BackboneConfig) -> nn.Module:
     """The timm model with no classifier (`num_classes=0`), optionally with a small-input stem."""
-    model = timm.create_model(
-        cfg.name, pretrained=False, num_classes=0, drop_path_rate=cfg.drop_path_rate, **cfg.kwargs
-    )
+    try:
+        model = timm.create_model(
+            cfg.name, pretrained=False, num_classes=0, drop_path_rate=cfg.drop_path_rate, **cfg.kwargs
+        )
+    except TypeError as exc:
+        raise HiclError(f"backbone.kwargs: {cfg.name} does not take {sorted(cfg.kwargs)} ({exc})") from None
     if cfg.small_stem:
         apply_small_stem(model, cfg.name)
     return model

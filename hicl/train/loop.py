@@ -9,6 +9,7 @@ it, so a resumed run continues exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,13 @@ def progress_bar(console: Console, enabled: bool) -> Progress:
         console=console,
         disable=not enabled,
     )
+
+
+def check_finite(loss: float, step: int) -> float:
+    """The loss, or a clear error once training has diverged (checked before any checkpoint is written)."""
+    if not math.isfinite(loss):
+        raise HiclError(f"training diverged by step {step} (loss {loss}); lower optim.lr")
+    return loss
 
 
 def pretrain(
@@ -105,7 +113,8 @@ def pretrain(
         task = bar.add_task(manifest.name, total=total_steps, completed=step, rate=0.0, losses="")
         for epoch in range(start_epoch, epochs):
             order = torch.randperm(len(train), generator=generators["order"])
-            epoch_losses = []
+            # Summed on the device: reading a loss back every step would stall a GPU run.
+            epoch_loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             tick, seen = time.perf_counter(), 0
             for index in order[: steps_per_epoch * batch_size].view(steps_per_epoch, batch_size):
                 lr = lr_at(step, total_steps, warmup_steps, base_lr)
@@ -114,30 +123,30 @@ def pretrain(
                 with autocast(manifest.runtime, device):
                     stage_losses = model.stage_losses(batch)
                     loss = model.total_loss(stage_losses)
-                if not torch.isfinite(loss):
-                    raise HiclError(f"training diverged at step {step} (loss {loss.item()}); lower optim.lr")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 model.method.after_step()
                 model.update_target(model.method.target_momentum(step, total_steps))
                 step += 1
-
-                stage_values = stage_losses.detach().cpu().tolist()
-                loss_value = loss.item()
-                epoch_losses.append(loss_value)
+                epoch_loss_sum += loss.detach()
                 seen += batch_size
-                rate = seen / (time.perf_counter() - tick)
+
                 if step % manifest.runtime.log_every == 0 or step == total_steps:
+                    stage_values = stage_losses.detach().cpu().tolist()
+                    loss_value = check_finite(loss.item(), step)
+                    rate = seen / (time.perf_counter() - tick)
                     run.log(
                         {"kind": "step", "epoch": epoch, "step": step, "lr": lr, "loss": loss_value,
                          "stage_losses": stage_values, "images_per_s": rate}
                     )
-                shown = " ".join(f"s{k + 1} {v:.3f}" for k, v in enumerate(stage_values))
-                bar.update(task, advance=1, rate=rate, losses=f"loss {loss_value:.3f}  [{shown}]")
+                    shown = " ".join(f"s{k + 1} {v:.3f}" for k, v in enumerate(stage_values))
+                    bar.update(task, rate=rate, losses=f"loss {loss_value:.3f}  [{shown}]")
+                bar.update(task, advance=1)
 
-            run.log({"kind": "epoch", "epoch": epoch, "step": step, "loss": sum(epoch_losses) / len(epoch_losses),
-                     "images_per_s": rate})
+            rate = seen / (time.perf_counter() - tick)
+            epoch_loss = check_finite(epoch_loss_sum.item() / steps_per_epoch, step)
+            run.log({"kind": "epoch", "epoch": epoch, "step": step, "loss": epoch_loss, "images_per_s": rate})
             if (epoch + 1) % manifest.runtime.checkpoint_every == 0 or epoch + 1 == epochs:
                 save_checkpoint(run.last_checkpoint, model, optimizer, generators, {"epoch": epoch + 1, "step": step})
 
