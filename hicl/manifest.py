@@ -13,18 +13,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hicl.config import PositiveInt, Probability, Section
 from hicl.errors import HiclError
 
 # Canonical application order of the augmentation ops; a pipeline applies the ops it has in this order.
 OP_NAMES: tuple[str, ...] = ("crop", "flip", "rotation", "color_jitter", "grayscale", "blur", "solarize")
 METHOD_NAMES: tuple[str, ...] = ("simsiam", "byol", "barlow_twins", "simclr", "moco_v2")
 
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-PositiveInt = Annotated[int, Field(gt=0)]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 def _check_ops(ops: list[str]) -> list[str]:
