@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from hicl.config import PositiveInt, Probability, Section
+from hicl.data import DataConfig
+from hicl.data.synthetic import SyntheticSource
 from hicl.errors import HiclError
 
 # Canonical application order of the augmentation ops; a pipeline applies the ops it has in this order.
@@ -35,21 +37,6 @@ def _check_range(bounds: tuple[float, float]) -> tuple[float, float]:
     if bounds[0] > bounds[1]:
         raise ValueError(f"min {bounds[0]} is greater than max {bounds[1]}")
     return bounds
-
-
-# ----------------------------------------------------------------------------------------------- data
-class SyntheticConfig(Section):
-    """Sizes of the built-in procedural dataset (see `hicl.data.synthetic`)."""
-
-    num_train: PositiveInt = 10_000
-    num_test: PositiveInt = 2_000
-    seed: Annotated[int, Field(ge=0)] = Field(0, description="data seed, independent of the training seed")
-
-
-class DataConfig(Section):
-    source: Literal["synthetic"] = "synthetic"
-    image_size: Annotated[int, Field(ge=8, le=1024)] = 32
-    synthetic: SyntheticConfig = SyntheticConfig()
 
 
 # ------------------------------------------------------------------------------------------- backbone
@@ -274,7 +261,7 @@ class OutputConfig(Section):
 class Manifest(Section):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
     seed: Annotated[int, Field(ge=0)] = 0
-    data: DataConfig = DataConfig()
+    data: DataConfig = SyntheticSource()
     backbone: BackboneConfig = BackboneConfig()
     method: MethodConfig = MethodConfig()
     hierarchy: HierarchyConfig = HierarchyConfig()

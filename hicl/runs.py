@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import shutil
@@ -58,7 +57,8 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self.manifest_path.write_text(dump_manifest(manifest))
 
-    def write_env(self, manifest: Manifest, device: torch.device, data_fingerprint: str) -> None:
+    def write_env(self, manifest: Manifest, device: torch.device, data: dict[str, Any]) -> None:
+        """The environment record; `data` holds the data's fingerprint, how it is loaded, skipped files."""
         record = {
             "hicl": hicl.__version__,
             "python": platform.python_version(),
@@ -71,7 +71,7 @@ class RunDir:
             "torch_threads": torch.get_num_threads(),
             "seed": manifest.seed,
             "command": sys.argv,
-            "data_fingerprint": data_fingerprint,
+            "data": data,
         }
         self.env_path.write_text(json.dumps(record, indent=2) + "\n")
 
@@ -106,10 +106,6 @@ def open_run(target: Path | str, overrides: list[str] | None = None) -> tuple[Ru
         return run, load_manifest(run.manifest_path, overrides)
     manifest = load_manifest(target, overrides)
     return RunDir(manifest.run_dir), manifest
-
-
-def tensor_fingerprint(tensor: torch.Tensor) -> str:
-    return hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def _training_settings(manifest: Manifest) -> dict[str, Any]:

@@ -73,7 +73,7 @@ def test_run_directory_layout(tmp_path):
     run_dir = pretrain(tiny_manifest(tmp_path), show_progress=False).run_dir
     assert Manifest.model_validate(__import__("yaml").safe_load((run_dir / "manifest.yaml").read_text())) == tiny_manifest(tmp_path)
     env = json.loads((run_dir / "env.json").read_text())
-    assert env["seed"] == 3 and env["torch"] == torch.__version__ and len(env["data_fingerprint"]) == 16
+    assert env["seed"] == 3 and env["torch"] == torch.__version__ and len(env["data"]["fingerprint"]["pixels_sha256"]) == 16
     assert sorted(p.name for p in (run_dir / "checkpoints" / "last").iterdir()) == sorted(checkpoint_module.FILES)
 
 

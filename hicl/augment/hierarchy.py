@@ -110,12 +110,15 @@ class StageAugmenter:
     def embed_dim(self) -> int:
         return param_vector_dim(self.embed_ops)
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> StageViews:
-        hw = (images.shape[-2], images.shape[-1])
+    def __call__(
+        self, images: torch.Tensor, generator: torch.Generator, sizes: torch.Tensor | None = None
+    ) -> StageViews:
+        """Both views of every stage; `sizes` ([B, 2] true sizes of padded images) as in `Pipeline`."""
+        hw = (images.shape[-2], images.shape[-1]) if sizes is None else sizes.repeat(2, 1)
         views, params, vectors = [], [], []
         for stage, pipeline in enumerate(self.pipelines):
-            view_a, params_a = pipeline(images, generator)
-            view_b, params_b = pipeline(images, generator)
+            view_a, params_a = pipeline(images, generator, sizes)
+            view_b, params_b = pipeline(images, generator, sizes)
             pair = {key: torch.cat([params_a[key], params_b[key]]) for key in params_a}
             views.append(torch.cat([view_a, view_b]))
             params.append(pair)

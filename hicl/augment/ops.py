@@ -97,26 +97,38 @@ def _per_sample(values: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------- crop
-def _fallback_crop(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int, int, int]:
-    """torchvision's centre crop when no attempt fits: the largest centred box whose aspect is clamped to ratio."""
+ImageSizes = tuple[int, int] | Tensor  # one (height, width) for the batch, or int64 [B, 2] per sample
+
+
+def _per_sample_sizes(image_hw: ImageSizes, batch_size: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(height, width) as float64 [B, 1] columns, from one size for all samples or one per sample."""
+    sizes = torch.as_tensor(image_hw, dtype=torch.float64, device=device).reshape(-1, 2)
+    sizes = sizes.expand(batch_size, 2)
+    return sizes[:, :1], sizes[:, 1:]
+
+
+def _fallback_crop(height: Tensor, width: Tensor, ratio: tuple[float, float]) -> Tensor:
+    """torchvision's centre crop when no attempt fits: the largest centred box whose aspect is clamped to ratio.
+
+    `height`, `width`: float64 [B]; returns float64 [B, 4] = (top, left, h, w).
+    """
     in_ratio = width / height
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        w, h = int(round(height * max(ratio))), height
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
+    narrow, wide = in_ratio < min(ratio), in_ratio > max(ratio)
+    w = torch.where(wide, (height * max(ratio)).round(), width)
+    h = torch.where(narrow, (width / min(ratio)).round(), height)
+    return torch.stack(((height - h).div(2).floor(), (width - w).div(2).floor(), h, w), dim=1)
 
 
-def sample_crop(batch_size: int, image_hw: tuple[int, int], cfg: CropConfig, generator: torch.Generator) -> Tensor:
+def sample_crop(batch_size: int, image_hw: ImageSizes, cfg: CropConfig, generator: torch.Generator) -> Tensor:
     """Random resized crop boxes int64 [B, 4] = (top, left, height, width), `RandomResizedCrop.get_params` semantics.
 
     Per attempt: area = H*W*U(scale), r = exp(U(log ratio)), w = round(sqrt(area*r)), h = round(sqrt(area/r)),
     valid when 0 < w <= W and 0 < h <= H. All 10 attempts are drawn at once and the first valid one is kept;
     top ~ U{0..H-h}, left ~ U{0..W-w}. Samples without a valid attempt get torchvision's centred fallback box.
+    `image_hw` is one (H, W) for the batch or int64 [B, 2] per sample (images padded to a square keep
+    their true size there, so the boxes cover the whole true image and never the padding).
     """
-    height, width = image_hw
+    height, width = _per_sample_sizes(image_hw, batch_size, generator.device)
     shape = (batch_size, CROP_ATTEMPTS)
     # float64 so that round() sees the values torchvision's Python-float arithmetic sees
     area = height * width * _uniform(shape, cfg.scale[0], cfg.scale[1], generator, torch.float64)
@@ -127,13 +139,13 @@ def sample_crop(batch_size: int, image_hw: tuple[int, int], cfg: CropConfig, gen
     attempt = torch.arange(CROP_ATTEMPTS, device=valid.device)
     first = torch.where(valid, attempt, CROP_ATTEMPTS).amin(dim=1, keepdim=True).clamp_(max=CROP_ATTEMPTS - 1)
     h, w = h.gather(1, first).squeeze(1), w.gather(1, first).squeeze(1)
+    height, width = height.squeeze(1), width.squeeze(1)
     # torch.randint(0, n) with a per-sample n: floor(U[0, 1) * n)
     offset = torch.rand((2, batch_size), generator=generator, device=generator.device, dtype=torch.float64)
     top = (offset[0] * (height - h + 1)).floor()
     left = (offset[1] * (width - w + 1)).floor()
-    boxes = torch.stack((top, left, h, w), dim=1).long()
-    fallback = torch.tensor(_fallback_crop(height, width, cfg.ratio), device=boxes.device)
-    return torch.where(valid.any(dim=1, keepdim=True), boxes, fallback)
+    boxes = torch.stack((top, left, h, w), dim=1)
+    return torch.where(valid.any(dim=1, keepdim=True), boxes, _fallback_crop(height, width, cfg.ratio)).long()
 
 
 def _source_coords(start: Tensor, length: Tensor, size: int, full: int) -> Tensor:

@@ -59,15 +59,15 @@ def _check_ops(ops: Sequence[str]) -> None:
         raise ValueError(f"unknown augmentation op {unknown[0]!r}; expected one of {', '.join(OP_NAMES)}")
 
 
-def identity_params(batch_size: int, image_hw: tuple[int, int], device: torch.device | str) -> Params:
-    """Parameters under which every op leaves the image unchanged (the full image as crop box)."""
-    height, width = image_hw
+def identity_params(batch_size: int, image_hw: A.ImageSizes, device: torch.device | str) -> Params:
+    """Parameters under which every op leaves the image unchanged (the full (true) image as crop box)."""
+    sizes = torch.as_tensor(image_hw, dtype=torch.int64, device=device).reshape(-1, 2).expand(batch_size, 2)
 
     def false() -> Tensor:  # a fresh tensor per key, so that editing one entry in place leaves the others
         return torch.zeros(batch_size, dtype=torch.bool, device=device)
 
     return {
-        "crop_box": torch.tensor([0, 0, height, width], device=device).repeat(batch_size, 1),
+        "crop_box": torch.cat([torch.zeros_like(sizes), sizes], dim=1),
         "flip": false(),
         "rotation_k": torch.zeros(batch_size, dtype=torch.int64, device=device),
         "color_factors": torch.tensor(A.COLOR_IDENTITY, device=device).repeat(batch_size, 1),
@@ -98,7 +98,7 @@ class Pipeline:
     def __repr__(self) -> str:
         return f"Pipeline(ops={list(self.ops)}, view_size={self.view_size}, out_dtype={self.out_dtype})"
 
-    def sample(self, batch_size: int, image_hw: tuple[int, int], generator: torch.Generator) -> Params:
+    def sample(self, batch_size: int, image_hw: A.ImageSizes, generator: torch.Generator) -> Params:
         """All parameters for a batch, drawn with `generator` on its device (identity for ops not in the pipeline)."""
         cfg = self.cfg
         samplers: dict[str, Callable[[], Params]] = {
@@ -118,8 +118,12 @@ class Pipeline:
             params.update(samplers[op]())
         return params
 
-    def apply(self, images: Tensor, params: Params) -> Tensor:
-        """Views [B, 3, S, S] in the output dtype from uint8 images and parameters on the images' device."""
+    def apply(self, images: Tensor, params: Params, padded: bool = False) -> Tensor:
+        """Views [B, 3, S, S] in the output dtype from uint8 images and parameters on the images' device.
+
+        `padded`: the images are padded squares, so even without a crop op the (identity) crop box, the
+        true image, is cut out and resized.
+        """
         cfg, size = self.cfg, self.view_size
         appliers: dict[str, Callable[[Tensor], Tensor]] = {
             "crop": lambda x: A.apply_crop(x, params["crop_box"], size),
@@ -133,23 +137,27 @@ class Pipeline:
             "solarize": lambda x: A.apply_solarize(x, params["solarize"], cfg.solarize.threshold),
         }
         # without a crop op the full-image box still resizes sources that are not already the view size
-        resize_only = "crop" not in self.ops and tuple(images.shape[-2:]) != (size, size)
+        resize_only = "crop" not in self.ops and (padded or tuple(images.shape[-2:]) != (size, size))
         x = images.to(torch.float32).mul_(1 / 255)  # torchvision's ToDtype(float32, scale=True)
         for op in ("crop", *self.ops) if resize_only else self.ops:
             x = appliers[op](x)
         return A.normalize(x, cfg.normalize.mean, cfg.normalize.std, self.out_dtype)
 
-    def __call__(self, images: Tensor, generator: torch.Generator) -> tuple[Tensor, Params]:
+    def __call__(
+        self, images: Tensor, generator: torch.Generator, sizes: Tensor | None = None
+    ) -> tuple[Tensor, Params]:
         """(views [B, 3, S, S], params) for a uint8 batch [B, 3, H, W].
 
+        `sizes` (int64 [B, 2], on the generator's device) gives each image's true (height, width) when the
+        images were padded to a square at the top-left; crops are then drawn inside the true image.
         `generator` may live on the CPU or on the images' device; the params end up on the images' device.
         """
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected a uint8 batch [B, 3, H, W], got {images.dtype} {list(images.shape)}")
         batch_size, _, height, width = images.shape
-        params = self.sample(batch_size, (height, width), generator)
+        params = self.sample(batch_size, (height, width) if sizes is None else sizes, generator)
         params = {key: value.to(images.device) for key, value in params.items()}
-        return self.apply(images, params), params
+        return self.apply(images, params, padded=sizes is not None), params
 
 
 def param_vector_dim(ops: Sequence[str]) -> int:
@@ -163,14 +171,16 @@ def _scaled(values: Tensor, span: float) -> Tensor:
     return values / span if span > 0 else torch.zeros_like(values)
 
 
-def param_vectors(params: Params, ops: Sequence[str], cfg: AugmentConfig, image_hw: tuple[int, int]) -> Tensor:
-    """float32 [B, param_vector_dim(ops)]: the normalised parameters of `ops`, in the order given."""
+def param_vectors(params: Params, ops: Sequence[str], cfg: AugmentConfig, image_hw: A.ImageSizes) -> Tensor:
+    """float32 [B, param_vector_dim(ops)]: the normalised parameters of `ops`, in the order given.
+
+    `image_hw`: the (height, width) the crop boxes were drawn in, one for the batch or int64 [B, 2].
+    """
     _check_ops(ops)
-    height, width = image_hw
 
     def crop() -> Tensor:
-        scale = torch.tensor([height, width, height, width], device=params["crop_box"].device)
-        return params["crop_box"] / scale
+        sizes = torch.as_tensor(image_hw, device=params["crop_box"].device).reshape(-1, 2)
+        return params["crop_box"] / sizes.repeat(1, 2)
 
     def rotation() -> Tensor:
         # exact table rather than cos/sin of a float angle, so 90 deg gives cos = 0, not 6e-17

@@ -1,22 +1,39 @@
-"""Datasets as in-memory uint8 image tensors with one or more label heads."""
+"""Image data: sources (one module each, one registry), decoding workers and device feeding.
+
+Importing this package registers every built-in source; `DataConfig` is the discriminated union of
+their configs (on `source`, default `synthetic`) that the manifest's `data` section validates against.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Union
 
-from hicl.data.synthetic import ImageSet, make_synthetic
-from hicl.manifest import DataConfig
+from pydantic import Discriminator, Tag
 
-# Keeps the test split disjoint from the training split of the same data seed.
-TEST_SEED_OFFSET = 1_000_003
-
-
-def load_split(data: DataConfig, split: Literal["train", "test"]) -> ImageSet:
-    """The images and labels of one split, decoded once at `data.image_size`."""
-    syn = data.synthetic
-    if split == "train":
-        return make_synthetic(syn.num_train, data.image_size, syn.seed)
-    return make_synthetic(syn.num_test, data.image_size, syn.seed + TEST_SEED_OFFSET)
+from hicl.data import arrays, folder, synthetic, webdataset  # noqa: F401  (registers the sources)
+from hicl.data.base import ImageSet, SkippedImages, SourceConfig
+from hicl.data.fingerprint import split_fingerprint, tensor_fingerprint
+from hicl.data.loader import Batch, TrainData, eval_batches, load_split, open_split
+from hicl.data.source import SOURCES, Split
 
 
-__all__ = ["ImageSet", "load_split"]
+def _source_of(value: Any) -> str:
+    # a data section without `source` is the built-in synthetic set, as before sources existed
+    if isinstance(value, dict):
+        return value.get("source", "synthetic")
+    return getattr(value, "source", "synthetic")
+
+
+DataConfig = Annotated[
+    Union[tuple(Annotated[entry.config, Tag(name)] for name, entry in SOURCES.items())],  # noqa: UP007
+    Discriminator(
+        _source_of,
+        custom_error_type="unknown_source",
+        custom_error_message=f"unknown data source; expected one of {', '.join(sorted(SOURCES))}",
+    ),
+]
+
+__all__ = [
+    "SOURCES", "Batch", "DataConfig", "ImageSet", "SkippedImages", "SourceConfig", "Split", "TrainData",
+    "eval_batches", "load_split", "open_split", "split_fingerprint", "tensor_fingerprint",
+]

@@ -25,10 +25,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor
+
+from hicl.config import Section
+from hicl.data.base import ImageSet, SourceConfig
+from hicl.data.source import ArraySplit, Split, register
 
 LABEL_HEADS: dict[str, int] = {"shape": 8, "hue": 8, "chirality": 2, "size": 3, "quadrant": 4}
 SHAPES: tuple[str, ...] = ("disk", "square", "triangle", "ring", "cross", "star", "bar", "semicircle")
@@ -46,18 +51,6 @@ NOISE_STD = 0.03
 SUPERSAMPLING = 2
 
 _SQRT3_HALF = math.sqrt(3.0) / 2.0
-
-
-@dataclass(frozen=True, eq=False)  # eq=False: field-wise == on tensors is ambiguous
-class ImageSet:
-    """Images with one integer label per head."""
-
-    images: Tensor  # uint8 [N, 3, H, W], RGB
-    labels: dict[str, Tensor]  # head -> int64 [N]
-    num_classes: dict[str, int]
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
 
 
 # ------------------------------------------------------------------------------------------- colour
@@ -269,3 +262,33 @@ def make_synthetic(num_images: int, image_size: int, seed: int, chunk_size: int 
         chunk = {name: values[start : start + chunk_size] for name, values in params.items()}
         images[start : start + chunk_size] = render(chunk, image_size)
     return ImageSet(images=images, labels=labels, num_classes=dict(LABEL_HEADS))
+
+
+# ------------------------------------------------------------------------------------------- source
+# Keeps the test split disjoint from the training split of the same data seed.
+TEST_SEED_OFFSET = 1_000_003
+
+
+class SyntheticConfig(Section):
+    """Sizes of the built-in procedural dataset."""
+
+    num_train: Annotated[int, Field(gt=0, le=2_000_000)] = 10_000
+    num_test: Annotated[int, Field(gt=0, le=2_000_000)] = 2_000
+    seed: Annotated[int, Field(ge=0)] = Field(0, description="data seed, independent of the training seed")
+
+
+class SyntheticSource(SourceConfig):
+    """`source: synthetic`: shapes rendered at `image_size` from `synthetic.seed` (no files)."""
+
+    source: Literal["synthetic"] = "synthetic"
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+@register(SyntheticSource)
+def open_synthetic(cfg: SyntheticSource, split: Split) -> ArraySplit:
+    syn = cfg.synthetic
+    count, seed = (syn.num_train, syn.seed) if split == "train" else (syn.num_test, syn.seed + TEST_SEED_OFFSET)
+    if cfg.max_images is not None:
+        count = min(count, cfg.max_images)
+    images = make_synthetic(count, cfg.image_size, seed)
+    return ArraySplit(images.images, images.labels, images.num_classes, files=[])

@@ -78,7 +78,7 @@ def linear_eval(manifest: Manifest, run: RunDir, console: Console | None = None)
     """Scores of the run's backbone (and of the same backbone at random init) on every label head."""
     console = console or Console(stderr=True)
     device = resolve_device(manifest.runtime)
-    train, test = load_split(manifest.data, "train"), load_split(manifest.data, "test")
+    train, test = (load_split(manifest.data, split, manifest.view_size) for split in ("train", "test"))
     heads = manifest.eval.heads or list(train.labels)
     unknown = [h for h in heads if h not in train.labels]
     if unknown:

@@ -19,12 +19,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from hicl.augment.hierarchy import StageAugmenter
-from hicl.data import load_split
+from hicl.data import TrainData, split_fingerprint
 from hicl.errors import HiclError
 from hicl.manifest import Manifest
 from hicl.models.network import build_model
 from hicl.plots import save_loss_plot
-from hicl.runs import RunDir, tensor_fingerprint
+from hicl.runs import RunDir
 from hicl.train.checkpoint import load_checkpoint, save_checkpoint
 from hicl.train.device import autocast, resolve_device, view_dtype
 from hicl.train.optim import build_optimizer, lr_at, scaled_lr, set_lr
@@ -64,6 +64,17 @@ def check_finite(loss: float, step: int) -> float:
     return loss
 
 
+def skipped_record(train: TrainData, listed: int = 1000) -> dict:
+    """The unusable files met so far, for env.json (the first `listed` named, with why)."""
+    reasons = train.skipped.reasons
+    return {"skipped_images": len(reasons), "skipped_files": dict(list(reasons.items())[:listed])}
+
+
+def skipped_line(train: TrainData) -> str:
+    count = len(train.skipped)
+    return f"; skipped {count} unreadable file{'s' * (count != 1)} (listed in env.json)" if count else ""
+
+
 def pretrain(
     manifest: Manifest,
     *,
@@ -77,9 +88,9 @@ def pretrain(
         torch.set_num_threads(manifest.runtime.threads)
     device = resolve_device(manifest.runtime)
 
-    train = load_split(manifest.data, "train")
+    train = TrainData(manifest.data, device)
     batch_size = manifest.optim.batch_size
-    steps_per_epoch = len(train) // batch_size
+    steps_per_epoch = train.steps_per_epoch(batch_size)
     if steps_per_epoch == 0:
         raise HiclError(f"optim.batch_size: {batch_size} is larger than the {len(train)} training images")
 
@@ -94,7 +105,9 @@ def pretrain(
     # Only now that the manifest has proven buildable does the run directory appear.
     run = RunDir(manifest.run_dir)
     run.start(manifest, resume=resume, overwrite=overwrite)
-    run.write_env(manifest, device, tensor_fingerprint(train.images))
+    data_record = {"fingerprint": split_fingerprint(train.split), "loading": train.describe()}
+    run.write_env(manifest, device, data_record | skipped_record(train))
+    console.print(f"data: {train.describe()}{skipped_line(train)}")
     start_epoch = 0
     if resume:
         start_epoch = load_checkpoint(run.last_checkpoint, model, optimizer, generators)["epoch"]
@@ -104,7 +117,6 @@ def pretrain(
     total_steps = epochs * steps_per_epoch
     warmup_steps = manifest.schedule.warmup_epochs * steps_per_epoch
     base_lr = scaled_lr(manifest.optim)
-    images = train.images.to(device)
     model.train()
 
     step = start_epoch * steps_per_epoch
@@ -112,14 +124,13 @@ def pretrain(
     with progress_bar(console, show_progress) as bar:
         task = bar.add_task(manifest.name, total=total_steps, completed=step, rate=0.0, losses="")
         for epoch in range(start_epoch, epochs):
-            order = torch.randperm(len(train), generator=generators["order"])
             # Summed on the device: reading a loss back every step would stall a GPU run.
             epoch_loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            tick, seen = time.perf_counter(), 0
-            for index in order[: steps_per_epoch * batch_size].view(steps_per_epoch, batch_size):
+            tick, seen, skipped_before = time.perf_counter(), 0, len(train.skipped)
+            for source in train.epoch(generators["order"], batch_size):
                 lr = lr_at(step, total_steps, warmup_steps, base_lr)
                 set_lr(optimizer, lr, base_lr)
-                batch = augmenter(images[index.to(device)], generators["augment"])
+                batch = augmenter(source.images, generators["augment"], source.sizes)
                 with autocast(manifest.runtime, device):
                     stage_losses = model.stage_losses(batch)
                     loss = model.total_loss(stage_losses)
@@ -130,7 +141,7 @@ def pretrain(
                 model.update_target(model.method.target_momentum(step, total_steps))
                 step += 1
                 epoch_loss_sum += loss.detach()
-                seen += batch_size
+                seen += len(source.images)
 
                 if step % manifest.runtime.log_every == 0 or step == total_steps:
                     stage_values = stage_losses.detach().cpu().tolist()
@@ -147,6 +158,9 @@ def pretrain(
             rate = seen / (time.perf_counter() - tick)
             epoch_loss = check_finite(epoch_loss_sum.item() / steps_per_epoch, step)
             run.log({"kind": "epoch", "epoch": epoch, "step": step, "loss": epoch_loss, "images_per_s": rate})
+            if len(train.skipped) > skipped_before:
+                run.write_env(manifest, device, data_record | skipped_record(train))
+                console.print(f"data: epoch {epoch + 1}{skipped_line(train)}")
             if (epoch + 1) % manifest.runtime.checkpoint_every == 0 or epoch + 1 == epochs:
                 save_checkpoint(run.last_checkpoint, model, optimizer, generators, {"epoch": epoch + 1, "step": step})
 
