@@ -164,9 +164,10 @@ def test_unlabeled_folder_reads_any_depth_and_has_no_eval_split(tmp_path):
         data = jpeg_bytes(image) if path.endswith("jpg") else bytes(encode_png(image).numpy())
         (tmp_path / "train" / path).write_bytes(data if not path.endswith("txt") else b"hello")
     cfg = data_config(source="folder", root=str(tmp_path), labeled=False, workers=0)
-    assert len(open_split(cfg, "train")) == 3
-    with pytest.raises(HiclError, match="unlabeled"):
-        open_split(cfg, "test")
+    assert len(open_split(cfg, "pretrain")) == 3
+    for split in ("train", "test"):
+        with pytest.raises(HiclError, match="unlabeled"):
+            open_split(cfg, split)
 
 
 def test_max_images_keeps_a_fixed_subset_with_every_class(tmp_path):
@@ -328,3 +329,49 @@ def test_unknown_source_is_a_one_line_error():
 
 def test_a_data_section_without_source_is_synthetic():
     assert data_config(image_size=32).source == "synthetic"
+
+
+# ---------------------------------------------------------------------------- crops on true image sizes
+def ks_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the empirical CDFs."""
+    values = torch.cat([a, b]).sort().values
+    cdf_a = torch.searchsorted(a.sort().values, values, right=True) / len(a)
+    cdf_b = torch.searchsorted(b.sort().values, values, right=True) / len(b)
+    return float((cdf_a - cdf_b).abs().max())
+
+
+def test_crops_on_a_padded_non_square_image_follow_torchvision():
+    from torchvision.transforms import RandomResizedCrop
+
+    from hicl.augment.ops import sample_crop
+    from hicl.manifest import CropConfig
+
+    height, width, count = 60, 150, 20_000
+    cfg = CropConfig(scale=(0.08, 1.0))
+    sizes = torch.tensor([[height, width]]).repeat(count, 1)
+    ours = sample_crop(count, sizes, cfg, torch.Generator().manual_seed(0)).double()
+    torch.manual_seed(0)
+    image = torch.zeros(3, height, width)
+    theirs = torch.tensor([RandomResizedCrop.get_params(image, cfg.scale, cfg.ratio) for _ in range(count)]).double()
+    top, left, h, w = ours.unbind(1)
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= height).all() and (left + w <= width).all()
+    for ours_stat, theirs_stat in ((h * w, theirs[:, 2] * theirs[:, 3]), (w / h, theirs[:, 3] / theirs[:, 2]),
+                                   (left + w / 2, theirs[:, 1] + theirs[:, 3] / 2),
+                                   (top + h / 2, theirs[:, 0] + theirs[:, 2] / 2)):
+        assert ks_distance(ours_stat, theirs_stat) < 0.025
+    # every pixel of the true image is covered by some crop, with torchvision's per-column frequency
+    columns = torch.arange(width).double()
+    covered = ((left[:, None] <= columns) & (columns < (left + w)[:, None])).double().mean(0)
+    reference = ((theirs[:, 1:2] <= columns) & (columns < (theirs[:, 1] + theirs[:, 3])[:, None])).double().mean(0)
+    assert (covered > 0).all() and (covered - reference).abs().max() < 0.02
+
+
+def test_crops_of_mixed_sizes_stay_inside_each_true_image():
+    from hicl.augment.ops import sample_crop
+    from hicl.manifest import CropConfig
+
+    generator = torch.Generator().manual_seed(1)
+    sizes = torch.stack([torch.randint(8, 64, (4096,), generator=generator) for _ in range(2)], dim=1)
+    boxes = sample_crop(4096, sizes, CropConfig(), generator)
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] > 0).all()
+    assert (boxes[:, 0] + boxes[:, 2] <= sizes[:, 0]).all() and (boxes[:, 1] + boxes[:, 3] <= sizes[:, 1]).all()

@@ -11,7 +11,8 @@ would put them in below it), and never downloads: missing files are an error tha
   builds the lists, dicts, bytes and numpy arrays such a file holds, so a file that tries more is
   refused instead of run.
 - `stl10`: `stl10_binary/{train,test,unlabeled}_X.bin` and `{train,test}_y.bin`; `train_split:
-  unlabeled` pretrains on the 100,000 unlabeled images (`train+unlabeled` on both).
+  unlabeled` pretrains on the 100,000 unlabeled images (`train+unlabeled` on both); evaluation always
+  fits on the labeled `train` split.
 
 Grey images become three channels. Every image is resized to `data.image_size` when that differs from
 the native size (28, 32 or 96 px).
@@ -94,7 +95,7 @@ def _open_idx(cfg: IdxSource, split: Split, torchvision_name: str, default_root:
     root = cfg.root or default_root
     if root is None:
         raise HiclError(f"data.root: {cfg.source} needs data.root (the folder with its IDX files)")
-    prefix = "train" if split == "train" else "t10k"
+    prefix = "t10k" if split == "test" else "train"
     stems = [f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"]
     found = []
     for stem in stems:
@@ -178,13 +179,13 @@ def _open_cifar(cfg: CifarSource, folder: str, files: list[str], label_key: str,
 
 @register(Cifar10Source)
 def open_cifar10(cfg: Cifar10Source, split: Split) -> ArraySplit:
-    files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    files = ["test_batch"] if split == "test" else [f"data_batch_{i}" for i in range(1, 6)]
     return _open_cifar(cfg, "cifar-10-batches-py", files, "labels", 10)
 
 
 @register(Cifar100Source)
 def open_cifar100(cfg: Cifar100Source, split: Split) -> ArraySplit:
-    return _open_cifar(cfg, "cifar-100-python", ["train" if split == "train" else "test"], "fine_labels", 100)
+    return _open_cifar(cfg, "cifar-100-python", ["test" if split == "test" else "train"], "fine_labels", 100)
 
 
 # -------------------------------------------------------------------------------------------- STL-10
@@ -209,7 +210,7 @@ def _read_stl_images(path: Path) -> Tensor:
 @register(Stl10Source)
 def open_stl10(cfg: Stl10Source, split: Split) -> ArraySplit:
     folder = cfg.root / "stl10_binary"
-    parts = cfg.train_split.split("+") if split == "train" else ["test"]
+    parts = {"pretrain": cfg.train_split.split("+"), "train": ["train"], "test": ["test"]}[split]
     expected = [f"{p}_X.bin" for p in parts] + [f"{p}_y.bin" for p in parts if p != "unlabeled"]
     if any(not (folder / name).is_file() for name in expected):
         raise HiclError(missing_files_error("stl10", folder, expected))

@@ -39,7 +39,7 @@ class FolderSource(SourceConfig):
 
 
 def _split_dir(cfg: FolderSource, split: Split) -> Path:
-    if split == "train":
+    if split != "test":
         path = cfg.root / cfg.train_split
         if not path.is_dir():
             raise HiclError(f"data.train_split: {path} is not a folder")
@@ -62,8 +62,8 @@ def open_folder(cfg: FolderSource, split: Split) -> FileSplit:
     folder = _split_dir(cfg, split)
     extensions = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in cfg.extensions}
     if not cfg.labeled:
-        if split == "test":
-            raise HiclError("data.labeled: an unlabeled folder has no evaluation split; use it for pretraining only")
+        if split != "pretrain":
+            raise HiclError("data.labeled: an unlabeled folder has no labels to evaluate with; use it for pretraining only")
         paths = _images_under(folder, extensions)
         if not paths:
             raise HiclError(f"data.root: no images ({', '.join(sorted(extensions))}) under {folder}")

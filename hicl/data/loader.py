@@ -136,7 +136,7 @@ class TrainData:
     def __init__(self, cfg: SourceConfig, device: torch.device, rank: int = 0, world: int = 1):
         self.cfg, self.device, self.rank, self.world = cfg, device, rank, world
         self.skipped = SkippedImages()
-        self.split = open_split(cfg, "train")
+        self.split = open_split(cfg, "pretrain")
         self.fit: Fit = lambda image: fit_to_square(image, cfg.image_size)
         self.images: Tensor | None = None
         self.sizes: Tensor | None = None

@@ -23,7 +23,9 @@ from torch import Tensor
 
 from hicl.data.base import SourceConfig
 
-Split = Literal["train", "test"]
+# pretrain: what pretraining reads (may include unlabeled images); train, test: the labeled splits
+# that evaluation fits and scores on.
+Split = Literal["pretrain", "train", "test"]
 
 
 @dataclass(frozen=True, eq=False)

@@ -287,7 +287,7 @@ class SyntheticSource(SourceConfig):
 @register(SyntheticSource)
 def open_synthetic(cfg: SyntheticSource, split: Split) -> ArraySplit:
     syn = cfg.synthetic
-    count, seed = (syn.num_train, syn.seed) if split == "train" else (syn.num_test, syn.seed + TEST_SEED_OFFSET)
+    count, seed = (syn.num_train, syn.seed) if split != "test" else (syn.num_test, syn.seed + TEST_SEED_OFFSET)
     if cfg.max_images is not None:
         count = min(count, cfg.max_images)
     images = make_synthetic(count, cfg.image_size, seed)

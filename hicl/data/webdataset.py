@@ -73,17 +73,18 @@ def open_webdataset(cfg: WebDatasetSource, split: Split) -> StreamSplit:
         import webdataset  # noqa: F401
     except ImportError:
         raise HiclError("data.source: webdataset needs the webdataset package: pip install 'hicl[webdataset]'") from None
-    pattern = cfg.train_shards if split == "train" else cfg.test_shards
+    pattern = cfg.test_shards if split == "test" else cfg.train_shards
+    field = "data.test_shards" if split == "test" else "data.train_shards"
     if pattern is None:
         raise HiclError("data.test_shards: evaluation needs the shards of a labeled split")
     shards = expand_shards(pattern)
     if not shards:
-        raise HiclError(f"data.{split}_shards: no shard matches {pattern!r}")
-    if split == "test" and cfg.num_classes is None:
+        raise HiclError(f"{field}: no shard matches {pattern!r}")
+    if split != "pretrain" and cfg.num_classes is None:
         raise HiclError("data.num_classes: evaluation needs labeled shards and their number of classes")
     total = sum(_count_records(s) for s in shards)
     if total == 0:
-        raise HiclError(f"data.{split}_shards: the shards of {pattern!r} hold no images")
+        raise HiclError(f"{field}: the shards of {pattern!r} hold no images")
     length = total if cfg.max_images is None else min(total, cfg.max_images)
     labeled = cfg.num_classes is not None
     return StreamSplit(
