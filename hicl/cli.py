@@ -119,8 +119,11 @@ def validate(manifest: ManifestArg, set_: Overrides = None) -> None:
 
 
 @app.command()
-def schema() -> None:
+def schema(
+    markdown: Annotated[bool, typer.Option(help="Print the key reference (docs/manifest.md) instead.")] = False,
+) -> None:
     """Print the JSON schema of a run manifest."""
     from hicl.manifest import Manifest
+    from hicl.manifest_docs import manifest_markdown
 
-    typer.echo(json.dumps(Manifest.model_json_schema(), indent=2))
+    typer.echo(manifest_markdown() if markdown else json.dumps(Manifest.model_json_schema(), indent=2), nl=not markdown)

@@ -251,6 +251,9 @@ class EvalConfig(Section):
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
     random_init_baseline: bool = Field(True, description="also evaluate the same backbone at random init")
     after_pretrain: bool = Field(False, description="run linear-eval at the end of pretrain")
+    checkpoint: Path | None = Field(
+        None, description="evaluate this checkpoint directory instead of the run's own (transfer to other data)"
+    )
 
 
 class OutputConfig(Section):

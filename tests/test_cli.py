@@ -13,6 +13,7 @@ from hicl.cli import app
 from hicl.manifest import Manifest, load_manifest
 
 runner = CliRunner()
+MANIFESTS = Path(__file__).resolve().parent.parent / "manifests"
 
 
 def write(tmp_path: Path, data: dict | str, name: str = "m.yaml") -> Path:
@@ -113,3 +114,11 @@ def test_bare_yaml_off_means_hierarchy_off(tmp_path):
     path = write(tmp_path, "name: x\nhierarchy:\n  mode: off\n")
     assert load_manifest(path).hierarchy.mode == "off"
     assert load_manifest(write(tmp_path, {"name": "x"}, "y.yaml"), ["hierarchy.mode=off"]).hierarchy.mode == "off"
+
+
+@pytest.mark.parametrize(
+    "path", sorted(MANIFESTS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(MANIFESTS))
+)
+def test_every_shipped_manifest_validates(path):
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 0, result.output

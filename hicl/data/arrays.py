@@ -80,13 +80,13 @@ class IdxSource(SourceConfig):
 
 
 class MnistSource(IdxSource):
-    """`source: mnist`: MNIST digits from IDX files."""
+    """MNIST digits from IDX files."""
 
     source: Literal["mnist"] = "mnist"
 
 
 class FashionMnistSource(IdxSource):
-    """`source: fashion_mnist`: Fashion-MNIST from IDX files."""
+    """Fashion-MNIST from IDX files."""
 
     source: Literal["fashion_mnist"] = "fashion_mnist"
 
@@ -152,13 +152,13 @@ class CifarSource(SourceConfig):
 
 
 class Cifar10Source(CifarSource):
-    """`source: cifar10`: CIFAR-10 (python version)."""
+    """CIFAR-10 (python version)."""
 
     source: Literal["cifar10"] = "cifar10"
 
 
 class Cifar100Source(CifarSource):
-    """`source: cifar100`: CIFAR-100 (python version, fine labels)."""
+    """CIFAR-100 (python version, fine labels)."""
 
     source: Literal["cifar100"] = "cifar100"
 
@@ -190,7 +190,7 @@ def open_cifar100(cfg: Cifar100Source, split: Split) -> ArraySplit:
 
 # -------------------------------------------------------------------------------------------- STL-10
 class Stl10Source(SourceConfig):
-    """`source: stl10`: STL-10's binary files (96 px; labeled train/test and 100k unlabeled)."""
+    """STL-10's binary files (96 px; labeled train/test and 100k unlabeled)."""
 
     source: Literal["stl10"] = "stl10"
     root: Path = Field(description="the folder holding stl10_binary/")

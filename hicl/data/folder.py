@@ -27,7 +27,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".
 
 
 class FolderSource(SourceConfig):
-    """`source: folder`: an image folder tree (ImageFolder layout with named splits, or unlabeled)."""
+    """an image folder tree (ImageFolder layout with named splits, or unlabeled)."""
 
     source: Literal["folder"] = "folder"
     root: Path = Field(description="the folder holding the split folders")

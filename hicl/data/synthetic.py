@@ -278,7 +278,7 @@ class SyntheticConfig(Section):
 
 
 class SyntheticSource(SourceConfig):
-    """`source: synthetic`: shapes rendered at `image_size` from `synthetic.seed` (no files)."""
+    """shapes rendered at `image_size` from `synthetic.seed` (no files)."""
 
     source: Literal["synthetic"] = "synthetic"
     synthetic: SyntheticConfig = SyntheticConfig()

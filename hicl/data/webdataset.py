@@ -26,7 +26,7 @@ IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
 
 
 class WebDatasetSource(SourceConfig):
-    """`source: webdataset`: WebDataset tar shards (`{key}.jpg` + `{key}.cls`)."""
+    """WebDataset tar shards (`{key}.jpg` + `{key}.cls`)."""
 
     source: Literal["webdataset"] = "webdataset"
     train_shards: str = Field(description="brace pattern or glob of the training shards")

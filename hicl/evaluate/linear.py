@@ -84,7 +84,8 @@ def linear_eval(manifest: Manifest, run: RunDir, console: Console | None = None)
     if unknown:
         raise HiclError(f"eval.heads: no label head {unknown[0]!r}; the data has {', '.join(train.labels)}")
 
-    backbones = {"pretrained": lambda: pretrained_backbone(manifest, run.last_checkpoint)}
+    checkpoint = manifest.eval.checkpoint or run.last_checkpoint
+    backbones = {"pretrained": lambda: pretrained_backbone(manifest, checkpoint)}
     if manifest.eval.random_init_baseline:
         backbones["random_init"] = lambda: random_backbone(manifest)
     result: dict = {"run": str(run.path), "heads": {h: {"classes": train.num_classes[h]} for h in heads}}
