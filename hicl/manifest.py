@@ -14,7 +14,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from hicl.config import PositiveInt, Probability, Section
-from hicl.data import DataConfig
+from hicl.data import SOURCES, DataConfig
 from hicl.data.synthetic import SyntheticSource
 from hicl.errors import HiclError
 
@@ -310,11 +310,20 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def _without_union_tags(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """pydantic puts the chosen config's tag into an error's location (`data.folder.root`); users wrote
+    `data.root`, so the tag goes."""
+    tags = {"data": SOURCES}
+    if len(loc) > 1 and loc[0] in tags and loc[1] in tags[loc[0]]:
+        return loc[:1] + loc[2:]
+    return loc
+
+
 def format_validation_error(exc: ValidationError, source: str) -> str:
     """One line: `source: field.path: what was expected (got value)` for each problem."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "manifest"
+        loc = ".".join(str(p) for p in _without_union_tags(err["loc"])) or "manifest"
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
         shown = "" if err["type"] == "missing" or isinstance(got, dict) else f" (got {got!r})"
