@@ -11,20 +11,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from hicl.config import PositiveInt, Probability, Section
 from hicl.errors import HiclError
+from hicl.methods import default_method_config, method_config_union
 
 # Canonical application order of the augmentation ops; a pipeline applies the ops it has in this order.
 OP_NAMES: tuple[str, ...] = ("crop", "flip", "rotation", "color_jitter", "grayscale", "blur", "solarize")
-METHOD_NAMES: tuple[str, ...] = ("simsiam", "byol", "barlow_twins", "simclr", "moco_v2")
-
-Probability = Annotated[float, Field(ge=0.0, le=1.0)]
-PositiveInt = Annotated[int, Field(gt=0)]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 def _check_ops(ops: list[str]) -> list[str]:
@@ -81,19 +75,8 @@ class BackboneConfig(Section):
 
 
 # --------------------------------------------------------------------------------------------- method
-class MethodConfig(Section):
-    name: Literal["simsiam", "byol", "barlow_twins", "simclr", "moco_v2"] = "simsiam"
-    proj_hidden_dim: PositiveInt = 2048
-    proj_dim: PositiveInt = 2048
-    pred_hidden_dim: PositiveInt = 512
-    fixed_predictor_lr: bool = Field(True, description="SimSiam: predictor keeps the base lr (no decay)")
-    momentum: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
-        0.99, description="BYOL/MoCo v2: EMA decay of the target (BYOL: raised to 1 along a cosine; MoCo: constant)"
-    )
-    temperature: Annotated[float, Field(gt=0.0)] = Field(0.2, description="SimCLR/MoCo v2 softmax temperature")
-    queue_size: PositiveInt = Field(4096, description="MoCo v2: negatives kept per stage")
-    barlow_lambda: Annotated[float, Field(ge=0.0)] = 3.9e-3
-    barlow_scale: Annotated[float, Field(gt=0.0)] = 1 / 32
+# Each method defines its own section (hicl/methods/<name>.py); `method.name` selects which one.
+MethodSection = method_config_union()
 
 
 # ------------------------------------------------------------------------------------------ hierarchy
@@ -227,9 +210,12 @@ class AugmentConfig(Section):
 
 # ------------------------------------------------------------------------------------ optim, schedule
 class OptimConfig(Section):
-    name: Literal["sgd", "adamw"] = "sgd"
+    name: Literal["sgd", "lars", "adamw"] = "sgd"
     lr: Annotated[float, Field(gt=0.0)] = Field(0.05, description="base lr; scaled by batch_size / 256")
-    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(0.9, description="sgd, lars: momentum; adamw: beta1")
+    trust_coefficient: Annotated[float, Field(gt=0.0)] = Field(
+        0.001, description="lars: eta in the trust ratio eta * ||w|| / ||g + wd * w||"
+    )
     weight_decay: Annotated[float, Field(ge=0.0)] = 5e-4
     batch_size: PositiveInt = 256
 
@@ -281,7 +267,7 @@ class Manifest(Section):
     seed: Annotated[int, Field(ge=0)] = 0
     data: DataConfig = DataConfig()
     backbone: BackboneConfig = BackboneConfig()
-    method: MethodConfig = MethodConfig()
+    method: MethodSection = Field(default_factory=default_method_config)
     hierarchy: HierarchyConfig = HierarchyConfig()
     augment: AugmentConfig = AugmentConfig()
     optim: OptimConfig = OptimConfig()

@@ -126,8 +126,7 @@ def pretrain(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                model.method.after_step()
-                model.update_target(model.method.target_momentum(step, total_steps))
+                model.after_optimizer_step(step, total_steps)
                 step += 1
                 epoch_loss_sum += loss.detach()
                 seen += batch_size
