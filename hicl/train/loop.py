@@ -26,7 +26,7 @@ from hicl.models.network import build_model
 from hicl.plots import save_loss_plot
 from hicl.runs import RunDir, tensor_fingerprint
 from hicl.train.checkpoint import load_checkpoint, save_checkpoint
-from hicl.train.device import autocast, resolve_device, view_dtype
+from hicl.train.device import autocast, prepare_model, resolve_device, view_dtype
 from hicl.train.optim import build_optimizer, lr_at, scaled_lr, set_lr
 
 ORDER_SEED_OFFSET = 1
@@ -85,7 +85,7 @@ def pretrain(
 
     torch.manual_seed(manifest.seed)
     augmenter = StageAugmenter(manifest.hierarchy, manifest.augment, manifest.view_size, view_dtype(manifest.runtime))
-    model = build_model(manifest, augmenter.embed_dim).to(device)
+    model = prepare_model(build_model(manifest, augmenter.embed_dim), manifest.runtime, device)
     optimizer = build_optimizer(manifest.optim, model, model.method.fixed_lr_parameters())
     generators = {
         "order": torch.Generator().manual_seed(manifest.seed + ORDER_SEED_OFFSET),
