@@ -81,7 +81,8 @@ def measure(manifest: Manifest, device: torch.device, warmup: int, iters: int) -
         train_step(augmenter(images, generator))
 
     e2e = _rate(end_to_end, batch_size, warmup, iters, device)
-    result = {"model_step": model_step, "end_to_end": e2e, "graph_breaks": sum(graph_breaks().values()) - breaks_before,
+    breaks = sum(graph_breaks().values()) - breaks_before
+    result = {"model_step": model_step, "end_to_end": e2e, "graph_breaks": breaks,
               "stages": manifest.hierarchy.num_stages}
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
@@ -119,7 +120,8 @@ def main() -> None:
             manifest.runtime.compile = kind == "compiled"
             rows.append({"mode": mode, "compile": kind, **measure(manifest, device, args.warmup, args.iters)})
             print(f"  measured {mode} {kind}", flush=True)
-    print(f"{'hierarchy':<10} {'':<9} {'stages':>6} {'model step img/s':>17} {'end to end img/s':>17} {'graph breaks':>13}")
+    print(f"{'hierarchy':<10} {'':<9} {'stages':>6} {'model step img/s':>17} {'end to end img/s':>17} "
+          f"{'graph breaks':>13}")
     for r in rows:
         print(f"{r['mode']:<10} {r['compile']:<9} {r['stages']:>6} {r['model_step']:17.1f} {r['end_to_end']:17.1f} "
               f"{r['graph_breaks']:>13}")

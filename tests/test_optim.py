@@ -35,7 +35,9 @@ def _lars_reference(w, g, buf, lr, momentum, wd, eta, adapt):
 
 def test_lars_matches_hand_computed_updates_and_skips_biases_and_norms():
     model = _tiny()
-    cfg = OptimConfig(name="lars", lr=0.4 * 256 / 8, batch_size=8, momentum=0.9, weight_decay=1e-2, trust_coefficient=0.01)
+    cfg = OptimConfig(
+        name="lars", lr=0.4 * 256 / 8, batch_size=8, momentum=0.9, weight_decay=1e-2, trust_coefficient=0.01
+    )
     optimizer = build_optimizer(cfg, model, [])
     assert isinstance(optimizer, LARS)
     names = {id(p): n for n, p in model.named_parameters()}
