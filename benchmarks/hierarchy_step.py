@@ -32,7 +32,7 @@ def step_rate(args: argparse.Namespace, hierarchy: dict) -> float:
             "name": "bench",
             "data": {"image_size": args.size},
             "backbone": {"name": args.backbone},
-            "method": {"name": "simsiam", "proj_hidden_dim": args.proj, "proj_dim": args.proj},
+            "method": {"proj_hidden_dim": args.proj, "proj_dim": args.proj},
             "hierarchy": {**hierarchy, "adapter": args.adapter},
             "optim": {"batch_size": args.batch},
             "runtime": {"precision": args.precision},

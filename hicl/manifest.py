@@ -17,11 +17,10 @@ from hicl.config import PositiveInt, Probability, Section
 from hicl.data import SOURCES, DataConfig
 from hicl.data.synthetic import SyntheticSource
 from hicl.errors import HiclError
+from hicl.methods import METHODS, default_method_config, method_config_union
 
 # Canonical application order of the augmentation ops; a pipeline applies the ops it has in this order.
 OP_NAMES: tuple[str, ...] = ("crop", "flip", "rotation", "color_jitter", "grayscale", "blur", "solarize")
-METHOD_NAMES: tuple[str, ...] = ("simsiam", "byol", "barlow_twins", "simclr", "moco_v2")
-
 
 
 def _check_ops(ops: list[str]) -> list[str]:
@@ -63,19 +62,8 @@ class BackboneConfig(Section):
 
 
 # --------------------------------------------------------------------------------------------- method
-class MethodConfig(Section):
-    name: Literal["simsiam", "byol", "barlow_twins", "simclr", "moco_v2"] = "simsiam"
-    proj_hidden_dim: PositiveInt = 2048
-    proj_dim: PositiveInt = 2048
-    pred_hidden_dim: PositiveInt = 512
-    fixed_predictor_lr: bool = Field(True, description="SimSiam: predictor keeps the base lr (no decay)")
-    momentum: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
-        0.99, description="BYOL/MoCo v2: EMA decay of the target (BYOL: raised to 1 along a cosine; MoCo: constant)"
-    )
-    temperature: Annotated[float, Field(gt=0.0)] = Field(0.2, description="SimCLR/MoCo v2 softmax temperature")
-    queue_size: PositiveInt = Field(4096, description="MoCo v2: negatives kept per stage")
-    barlow_lambda: Annotated[float, Field(ge=0.0)] = 3.9e-3
-    barlow_scale: Annotated[float, Field(gt=0.0)] = 1 / 32
+# Each method defines its own section (hicl/methods/<name>.py); `method.name` selects which one.
+MethodSection = method_config_union()
 
 
 # ------------------------------------------------------------------------------------------ hierarchy
@@ -209,9 +197,12 @@ class AugmentConfig(Section):
 
 # ------------------------------------------------------------------------------------ optim, schedule
 class OptimConfig(Section):
-    name: Literal["sgd", "adamw"] = "sgd"
+    name: Literal["sgd", "lars", "adamw"] = "sgd"
     lr: Annotated[float, Field(gt=0.0)] = Field(0.05, description="base lr; scaled by batch_size / 256")
-    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.9
+    momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = Field(0.9, description="sgd, lars: momentum; adamw: beta1")
+    trust_coefficient: Annotated[float, Field(gt=0.0)] = Field(
+        0.001, description="lars: eta in the trust ratio eta * ||w|| / ||g + wd * w||"
+    )
     weight_decay: Annotated[float, Field(ge=0.0)] = 5e-4
     batch_size: PositiveInt = 256
 
@@ -234,6 +225,9 @@ class RuntimeConfig(Section):
     threads: PositiveInt | None = Field(None, description="CPU threads for torch; default: torch's choice")
     log_every: PositiveInt = Field(10, description="steps between metrics.jsonl lines")
     checkpoint_every: PositiveInt = Field(1, description="epochs between checkpoints (the last is always saved)")
+    channels_last: bool = Field(False, description="NHWC memory format for the network and its inputs (CUDA)")
+    compile: bool = Field(False, description="torch.compile the stage networks; graph breaks are logged")
+    sync_bn: bool = Field(False, description="BatchNorm statistics over all processes under torchrun (CUDA)")
 
     @field_validator("device")
     @classmethod
@@ -266,7 +260,7 @@ class Manifest(Section):
     seed: Annotated[int, Field(ge=0)] = 0
     data: DataConfig = SyntheticSource()
     backbone: BackboneConfig = BackboneConfig()
-    method: MethodConfig = MethodConfig()
+    method: MethodSection = Field(default_factory=default_method_config)
     hierarchy: HierarchyConfig = HierarchyConfig()
     augment: AugmentConfig = AugmentConfig()
     optim: OptimConfig = OptimConfig()
@@ -311,9 +305,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def _without_union_tags(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
-    """pydantic puts the chosen config's tag into an error's location (`data.folder.root`); users wrote
-    `data.root`, so the tag goes."""
-    tags = {"data": SOURCES}
+    """pydantic puts the chosen config's tag into an error's location (`data.folder.root`,
+    `method.simclr.temperature`); users wrote `data.root`, so the tag goes."""
+    tags = {"data": SOURCES, "method": METHODS}
     if len(loc) > 1 and loc[0] in tags and loc[1] in tags[loc[0]]:
         return loc[:1] + loc[2:]
     return loc

@@ -11,10 +11,11 @@ from torch import nn
 
 from hicl.augment.hierarchy import StageAugmenter, StageViews
 from hicl.errors import HiclError
-from hicl.manifest import METHOD_NAMES, BackboneConfig, Manifest
-from hicl.methods import METHODS
+from hicl.manifest import BackboneConfig, Manifest
+from hicl.methods import DEFAULT_METHOD, METHODS
 from hicl.models.backbone import StageRunner, apply_small_stem, create_backbone, select_stages
 from hicl.models.network import SSLModel, build_model
+from method_sections import method_section, target_methods
 
 # (model, input size): small inputs keep each forward cheap; 64 px where 32 px leaves too little at stride 32
 BACKBONES = [("resnet18", 32), ("regnetx_002", 32), ("convnext_atto", 64), ("efficientnet_b0", 64)]
@@ -235,7 +236,7 @@ def _manifest(method: str, **hierarchy) -> Manifest:
     return Manifest(
         name="t",
         backbone={"name": "resnet18"},
-        method={"name": method, "proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 8, "queue_size": 64},
+        method=method_section(method, proj_hidden_dim=32, proj_dim=16, pred_hidden_dim=8, queue_size=64),
         hierarchy={"mode": "add_one", **hierarchy},
         data={"image_size": 32},
     )
@@ -275,7 +276,7 @@ def built():
     return get
 
 
-@pytest.mark.parametrize("method", METHOD_NAMES)
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_parameter_gets_a_gradient_separate_and_fused(built, method):
     model, batch = built(method)
     model.train()
@@ -295,11 +296,10 @@ def test_every_parameter_gets_a_gradient_separate_and_fused(built, method):
         if model.target is not None:
             for n, p in model.target.named_parameters():
                 assert not p.requires_grad and p.grad is None, n
-    model.method.after_step()  # MoCo: consume the pending keys
-    assert (model.target is not None) == (method in ("byol", "moco_v2"))
+    assert (model.target is not None) == (method in target_methods())
 
 
-@pytest.mark.parametrize("method", ["byol", "moco_v2"])
+@pytest.mark.parametrize("method", target_methods())
 def test_update_target_is_an_exponential_moving_average(built, method):
     model = copy.deepcopy(built(method)[0])  # perturbed below: keep the shared model intact
     with torch.no_grad():
@@ -328,7 +328,7 @@ def test_update_target_is_an_exponential_moving_average(built, method):
 
 def test_target_is_a_separate_copy(built):
     # the runner keeps its segments in plain lists: the target's segments must be the target's modules
-    model, batch = built("byol")
+    model, batch = built(target_methods()[0])
     model = copy.deepcopy(model)  # perturbed below: keep the shared model intact
     model.eval()
     with torch.no_grad():
@@ -340,21 +340,22 @@ def test_target_is_a_separate_copy(built):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("method", METHOD_NAMES)
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_fused_and_separate_losses_are_equal_in_eval_mode(built, method):
     model, batch = built(method)
     model.eval()
+    before = copy.deepcopy(model.method.state_dict())  # MoCo enqueues in its loss: same queue for both
     with torch.no_grad():
         model.fused = False
         separate = model.stage_losses(batch)
+        model.method.load_state_dict(before)
         model.fused = True
         fused = model.stage_losses(batch)
-    model.method.after_step()
     assert torch.allclose(separate, fused, atol=1e-4, rtol=1e-4), (separate, fused)
 
 
 def test_total_loss_uses_the_loss_weights():
-    method = METHODS["simclr"](_manifest("simclr").method, 3)
+    method = METHODS[DEFAULT_METHOD](_manifest(DEFAULT_METHOD).method, 3)
     model = SSLModel(nn.Linear(1, 1), method, fused=False, loss_weights=[0.5, 2.0, 0.0])
     losses = torch.tensor([1.0, 3.0, 100.0])
     assert model.total_loss(losses).item() == pytest.approx(0.5 * 1.0 + 2.0 * 3.0 + 0.0 * 100.0)
@@ -366,7 +367,7 @@ def _first_linear(module: nn.Module) -> nn.Linear:
 
 
 def test_embedding_widens_projector_input_of_stages_two_to_four():
-    manifest = _manifest("simclr", embeddings={"ops": ["color_jitter"], "dim": 8})
+    manifest = _manifest(DEFAULT_METHOD, embeddings={"ops": ["color_jitter"], "dim": 8})
     batch, augmenter = _batch(manifest)
     torch.manual_seed(0)
     model = build_model(manifest, augmenter.embed_dim)
@@ -381,7 +382,7 @@ def test_embedding_widens_projector_input_of_stages_two_to_four():
 
 
 def test_embedding_at_explicit_stages_one_and_four():
-    manifest = _manifest("barlow_twins", embeddings={"ops": ["color_jitter"], "dim": 8, "stages": [1, 4]})
+    manifest = _manifest(DEFAULT_METHOD, embeddings={"ops": ["color_jitter"], "dim": 8, "stages": [1, 4]})
     batch, augmenter = _batch(manifest)
     assert [v is not None for v in batch.param_vectors] == [True, False, False, True]
     torch.manual_seed(0)

@@ -15,9 +15,11 @@ from hicl.cli import app
 from hicl.errors import HiclError
 from hicl.evaluate.features import pretrained_backbone
 from hicl.manifest import Manifest
+from hicl.methods import DEFAULT_METHOD
 from hicl.train import checkpoint as checkpoint_module
 from hicl.train import loop as loop_module
 from hicl.train.loop import pretrain
+from method_sections import method_section, target_methods
 
 runner = CliRunner()
 
@@ -28,7 +30,7 @@ def tiny_manifest(out: Path, name: str = "tiny", **sections) -> Manifest:
         "seed": 3,
         "data": {"image_size": 32, "synthetic": {"num_train": 96, "num_test": 48}},
         "backbone": {"name": "regnetx_002"},
-        "method": {"name": "simsiam", "proj_hidden_dim": 64, "proj_dim": 32, "pred_hidden_dim": 16},
+        "method": {"proj_hidden_dim": 64, "proj_dim": 32, "pred_hidden_dim": 16},
         "optim": {"batch_size": 32, "lr": 0.05},
         "schedule": {"epochs": 2},
         "runtime": {"log_every": 1, "device": "cpu"},
@@ -37,6 +39,9 @@ def tiny_manifest(out: Path, name: str = "tiny", **sections) -> Manifest:
     }
     for key, value in sections.items():
         base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    # the method's own keys only: the tiny widths above are a superset shared by every method
+    method = dict(base["method"])
+    base["method"] = method_section(method.pop("name", DEFAULT_METHOD), **method)
     return Manifest.model_validate(base)
 
 
@@ -77,7 +82,7 @@ def test_run_directory_layout(tmp_path):
     assert sorted(p.name for p in (run_dir / "checkpoints" / "last").iterdir()) == sorted(checkpoint_module.FILES)
 
 
-@pytest.mark.parametrize("method", ["byol", "moco_v2"])
+@pytest.mark.parametrize("method", target_methods())
 def test_resume_after_crash_equals_uninterrupted(tmp_path, monkeypatch, method):
     """A run stopped after epoch 1 and resumed ends with the same tensors as an uninterrupted run."""
     extra = {"method": {"name": method, "queue_size": 64}, "hierarchy": {"mode": "add_one", "adapter": "pool_linear"}}

@@ -1,9 +1,12 @@
-"""The interface every objective implements, and the registry the manifest's `method.name` selects.
+"""The interface every objective implements, and the config fields every objective shares.
 
 A method sees, per stage, the projections of the two views from the online network (and from the
 momentum target network when `uses_target`), and returns that stage's loss. Predictors, queues and
 other state that belong to the objective live on the method; projectors belong to the online network
 (so that BYOL/MoCo targets average them too) and are built by `make_projector`.
+
+A method module defines `Config` (a `MethodConfig` subclass whose `name` is a one-value literal:
+the name the manifest uses) and decorates its class with `hicl.methods.registry.register`.
 """
 
 from __future__ import annotations
@@ -14,11 +17,19 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from hicl.manifest import MethodConfig
-from hicl.models.heads import mlp
+from hicl.config import PositiveInt, Section
+
+
+class MethodConfig(Section):
+    """Keys every method has: the projector's widths."""
+
+    name: str
+    proj_hidden_dim: PositiveInt = 2048
+    proj_dim: PositiveInt = 2048
 
 
 class Method(nn.Module, ABC):
+    Config: ClassVar[type[MethodConfig]]
     uses_target: ClassVar[bool] = False
 
     def __init__(self, cfg: MethodConfig, num_stages: int):
@@ -40,20 +51,12 @@ class Method(nn.Module, ABC):
         target_a: torch.Tensor | None,
         target_b: torch.Tensor | None,
     ) -> torch.Tensor:
-        """The loss of one stage from the projections of views a and b."""
+        """The loss of one stage from the projections of views a and b (this process's share of the batch)."""
 
     def target_momentum(self, step: int, total_steps: int) -> float:
-        """EMA decay of the momentum target at `step` (constant `method.momentum` unless overridden)."""
+        """EMA decay of the momentum target at `step`; only asked when `uses_target` (config `momentum`)."""
         return self.cfg.momentum
-
-    def after_step(self) -> None:
-        """Called once per optimiser step, after the losses of every stage were computed."""
 
     def fixed_lr_parameters(self) -> list[nn.Parameter]:
         """Parameters that keep the base learning rate instead of following the schedule."""
         return []
-
-
-def make_predictors(cfg: MethodConfig, num_stages: int) -> nn.ModuleList:
-    """One predictor per stage, Linear -> BN -> ReLU -> Linear through `pred_hidden_dim` (SimSiam, BYOL)."""
-    return nn.ModuleList(mlp([cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim]) for _ in range(num_stages))

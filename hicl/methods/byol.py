@@ -3,21 +3,30 @@
     L = 1/2 [ (2 - 2 cos(p_a, sg(z'_b))) + (2 - 2 cos(p_b, sg(z'_a))) ]
 
 z' comes from the target network, an exponential moving average of the online backbone, adapters,
-embedders and projectors (decay `method.momentum`, raised to 1 along a cosine; see hicl.train).
+embedders and projectors (decay `method.momentum`, raised to 1 along a cosine; see `target_momentum`).
 The two directions are averaged, so the loss lies in [0, 4] and equals 2 - 2 cos for one pair.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from hicl.manifest import MethodConfig
-from hicl.methods.base import Method, make_predictors
-from hicl.models.heads import mlp
+from hicl.config import Momentum, PositiveInt
+from hicl.layers import make_predictors, mlp
+from hicl.methods.base import Method, MethodConfig
+from hicl.methods.registry import register
+
+
+class BYOLConfig(MethodConfig):
+    name: Literal["byol"] = "byol"
+    pred_hidden_dim: PositiveInt = 512
+    momentum: Momentum = Field(0.99, description="base EMA decay of the target, raised to 1 along a cosine")
 
 
 def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -29,15 +38,17 @@ def byol_loss(p_a: torch.Tensor, p_b: torch.Tensor, t_a: torch.Tensor, t_b: torc
     return 0.5 * (regression_loss(p_a, t_b) + regression_loss(p_b, t_a))
 
 
+@register
 class BYOL(Method):
+    Config = BYOLConfig
     uses_target = True
 
-    def __init__(self, cfg: MethodConfig, num_stages: int):
+    def __init__(self, cfg: BYOLConfig, num_stages: int):
         super().__init__(cfg, num_stages)
-        self.predictors = make_predictors(cfg, num_stages)
+        self.predictors = make_predictors(cfg.proj_dim, cfg.pred_hidden_dim, num_stages)
 
     @staticmethod
-    def make_projector(cfg: MethodConfig, in_dim: int) -> nn.Module:
+    def make_projector(cfg: BYOLConfig, in_dim: int) -> nn.Module:
         return mlp([in_dim, cfg.proj_hidden_dim, cfg.proj_dim])
 
     def target_momentum(self, step: int, total_steps: int) -> float:

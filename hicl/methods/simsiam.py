@@ -5,13 +5,23 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from hicl.manifest import MethodConfig
-from hicl.methods.base import Method, make_predictors
-from hicl.models.heads import mlp
+from hicl.config import PositiveInt
+from hicl.layers import make_predictors, mlp
+from hicl.methods.base import Method, MethodConfig
+from hicl.methods.registry import register
+
+
+class SimSiamConfig(MethodConfig):
+    name: Literal["simsiam"] = "simsiam"
+    pred_hidden_dim: PositiveInt = 512
+    fixed_predictor_lr: bool = Field(True, description="the predictor keeps the base lr (no decay)")
 
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -23,13 +33,16 @@ def simsiam_loss(p_a: torch.Tensor, p_b: torch.Tensor, z_a: torch.Tensor, z_b: t
     return 0.5 * (negative_cosine(p_a, z_b) + negative_cosine(p_b, z_a))
 
 
+@register
 class SimSiam(Method):
-    def __init__(self, cfg: MethodConfig, num_stages: int):
+    Config = SimSiamConfig
+
+    def __init__(self, cfg: SimSiamConfig, num_stages: int):
         super().__init__(cfg, num_stages)
-        self.predictors = make_predictors(cfg, num_stages)
+        self.predictors = make_predictors(cfg.proj_dim, cfg.pred_hidden_dim, num_stages)
 
     @staticmethod
-    def make_projector(cfg: MethodConfig, in_dim: int) -> nn.Module:
+    def make_projector(cfg: SimSiamConfig, in_dim: int) -> nn.Module:
         dims = [in_dim, cfg.proj_hidden_dim, cfg.proj_hidden_dim, cfg.proj_dim]
         return mlp(dims, last_bn=True, last_bn_affine=False)
 

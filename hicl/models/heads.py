@@ -69,21 +69,3 @@ class ParamEmbedder(nn.Module):
     def forward(self, params: torch.Tensor) -> torch.Tensor:
         return self.net(params)
 
-
-def mlp(dims: list[int], hidden_bn: bool = True, last_bn: bool = False, last_bn_affine: bool = True) -> nn.Sequential:
-    """Linear layers through `dims` with BN + ReLU between them; optional BN after the last.
-
-    SimSiam's projector is mlp([d, h, h, o], last_bn=True, last_bn_affine=False); BYOL's projector and
-    predictor mlp([d, h, o]); MoCo v2's mlp([d, h, o], hidden_bn=False).
-    """
-    layers: list[nn.Module] = []
-    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
-        last = i == len(dims) - 2
-        layers.append(nn.Linear(d_in, d_out, bias=not (last_bn if last else hidden_bn)))
-        if not last:
-            if hidden_bn:
-                layers.append(nn.BatchNorm1d(d_out))
-            layers.append(nn.ReLU(inplace=True))
-        elif last_bn:
-            layers.append(nn.BatchNorm1d(d_out, affine=last_bn_affine))
-    return nn.Sequential(*layers)

@@ -69,6 +69,10 @@ class SSLModel(nn.Module):
         """The timm model being pretrained (unwrapped: its state_dict keys are timm's)."""
         return self.online.runner.model
 
+    def forward(self, batch: StageViews) -> torch.Tensor:
+        """`stage_losses`, as `forward` so that a DistributedDataParallel wrapper can call it."""
+        return self.stage_losses(batch)
+
     def stage_losses(self, batch: StageViews) -> torch.Tensor:
         """One loss per tapped stage, shallow to deep (unweighted)."""
         online = self.online(batch.views, batch.param_vectors, self.fused)
@@ -85,6 +89,15 @@ class SSLModel(nn.Module):
 
     def total_loss(self, stage_losses: torch.Tensor) -> torch.Tensor:
         return (self.loss_weights * stage_losses).sum()
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Everything that follows an optimiser step: the momentum target's EMA update (if any).
+
+        `step` counts the optimiser steps before this one (0 for the first); MoCo's queue needs no call
+        here, it is written right after its loss has read it, as in the reference implementation.
+        """
+        if self.target is not None:
+            self.update_target(self.method.target_momentum(step, total_steps))
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:

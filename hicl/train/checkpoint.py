@@ -26,7 +26,6 @@ import hicl
 from hicl.errors import HiclError
 from hicl.models.network import SSLModel
 
-BACKBONE_PREFIX = "online.runner.model."
 FILES = ("backbone.safetensors", "heads.safetensors", "trainer.safetensors", "meta.json")
 
 
@@ -35,12 +34,19 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
 
 
+def backbone_prefix(model: SSLModel) -> str:
+    """Where `model.backbone` sits in `model.state_dict()`, found by module identity, not by name."""
+    for name, module in model.named_modules():
+        if module is model.backbone:
+            return f"{name}."
+    raise ValueError("model.backbone is not a submodule of the model")
+
+
 def split_state(model: SSLModel) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(backbone state with timm keys, the rest of the model's state)."""
-    state = model.state_dict()
-    backbone = {k[len(BACKBONE_PREFIX) :]: v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
-    heads = {k: v for k, v in state.items() if not k.startswith(BACKBONE_PREFIX)}
-    return backbone, heads
+    """(the backbone module's own state, with timm keys; the rest of the model's state)."""
+    prefix = backbone_prefix(model)
+    heads = {k: v for k, v in model.state_dict().items() if not k.startswith(prefix)}
+    return model.backbone.state_dict(), heads
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -127,7 +133,7 @@ def load_checkpoint(
     if found is None:
         raise HiclError(f"{directory}: no complete checkpoint (expected {', '.join(FILES)})")
     backbone = _load(found / "backbone.safetensors")
-    state = {BACKBONE_PREFIX + k: v for k, v in backbone.items()} | _load(found / "heads.safetensors")
+    state = {backbone_prefix(model) + k: v for k, v in backbone.items()} | _load(found / "heads.safetensors")
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:

@@ -1,13 +1,16 @@
-"""Device and precision choices from the manifest's runtime section."""
+"""Device, precision and model preparation (SyncBN, channels_last, compile) from the runtime section."""
 
 from __future__ import annotations
 
 import contextlib
 
 import torch
+from torch import nn
 
 from hicl.errors import HiclError
 from hicl.manifest import RuntimeConfig
+from hicl.models.network import SSLModel
+from hicl.train.dist import convert_sync_bn
 
 
 def resolve_device(runtime: RuntimeConfig) -> torch.device:
@@ -28,3 +31,43 @@ def autocast(runtime: RuntimeConfig, device: torch.device) -> contextlib.Abstrac
 
 def view_dtype(runtime: RuntimeConfig) -> torch.dtype:
     return torch.bfloat16 if runtime.precision == "bf16" else torch.float32
+
+
+def _channels_last_inputs(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook of a stage network: its views (first argument) in NHWC memory format."""
+    views, *rest = args
+    return ([v.contiguous(memory_format=torch.channels_last) for v in views], *rest)
+
+
+def prepare_model(model: SSLModel, runtime: RuntimeConfig, device: torch.device) -> SSLModel:
+    """`model` ready to train on `device`: SyncBN (`runtime.sync_bn`, with several processes), moved to
+    the device, NHWC weights and inputs (`runtime.channels_last`), compiled stage networks (`runtime.compile`).
+
+    Compilation is in place (`nn.Module.compile`), so parameter names and the module tree, hence
+    checkpoints, are unchanged; graph breaks are logged as they happen and counted by `graph_breaks()`.
+    Build the optimiser after this call (SyncBN conversion replaces modules).
+    """
+    if runtime.sync_bn:
+        model = convert_sync_bn(model, device)
+    model = model.to(device)
+    networks = [n for n in (model.online, model.target) if n is not None]
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        for network in networks:
+            network.register_forward_pre_hook(_channels_last_inputs)
+    if runtime.compile:
+        enable_graph_break_logging()
+        for network in networks:
+            network.compile()
+    return model
+
+
+def enable_graph_break_logging() -> None:
+    """Log every graph break torch.compile meets (with its reason), and never fall back to eager silently."""
+    torch._logging.set_logs(graph_breaks=True, recompiles=True)
+    torch._dynamo.config.suppress_errors = False
+
+
+def graph_breaks() -> dict[str, int]:
+    """Graph breaks met so far by torch.compile in this process: reason -> count."""
+    return dict(torch._dynamo.utils.counters["graph_break"])

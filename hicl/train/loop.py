@@ -26,7 +26,7 @@ from hicl.models.network import build_model
 from hicl.plots import save_loss_plot
 from hicl.runs import RunDir
 from hicl.train.checkpoint import load_checkpoint, save_checkpoint
-from hicl.train.device import autocast, resolve_device, view_dtype
+from hicl.train.device import autocast, prepare_model, resolve_device, view_dtype
 from hicl.train.optim import build_optimizer, lr_at, scaled_lr, set_lr
 
 ORDER_SEED_OFFSET = 1
@@ -96,7 +96,7 @@ def pretrain(
 
     torch.manual_seed(manifest.seed)
     augmenter = StageAugmenter(manifest.hierarchy, manifest.augment, manifest.view_size, view_dtype(manifest.runtime))
-    model = build_model(manifest, augmenter.embed_dim).to(device)
+    model = prepare_model(build_model(manifest, augmenter.embed_dim), manifest.runtime, device)
     optimizer = build_optimizer(manifest.optim, model, model.method.fixed_lr_parameters())
     generators = {
         "order": torch.Generator().manual_seed(manifest.seed + ORDER_SEED_OFFSET),
@@ -137,8 +137,7 @@ def pretrain(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                model.method.after_step()
-                model.update_target(model.method.target_momentum(step, total_steps))
+                model.after_optimizer_step(step, total_steps)
                 step += 1
                 epoch_loss_sum += loss.detach()
                 seen += len(source.images)
