@@ -121,5 +121,7 @@ class StageAugmenter:
             views.append(torch.cat([view_a, view_b]))
             params.append(pair)
             embedded = stage in self.embed_stages
-            vectors.append(param_vectors(pair, self.embed_ops, self.augment, hw, self.embed_encoding) if embedded else None)
+            vectors.append(
+                param_vectors(pair, self.embed_ops, self.augment, hw, self.embed_encoding) if embedded else None
+            )
         return StageViews(views, params, vectors)

@@ -78,7 +78,9 @@ class ReferenceAdapter(nn.Module):
             round(squeezed * (top / squeezed) ** (i / max(num_blocks, 1))) for i in range(num_blocks + 1)
         ]
         widths[-1] = top if num_blocks else squeezed
-        self.squeeze = nn.Sequential(nn.Conv2d(in_channels, squeezed, 1, bias=False), nn.BatchNorm2d(squeezed), nn.ReLU())
+        self.squeeze = nn.Sequential(
+            nn.Conv2d(in_channels, squeezed, 1, bias=False), nn.BatchNorm2d(squeezed), nn.ReLU()
+        )
         self.gate = AttentionGate(squeezed)
         self.blocks = nn.Sequential(*(DoubleSepConv(a, b) for a, b in zip(widths[:-1], widths[1:])))
         self.head = nn.Sequential(

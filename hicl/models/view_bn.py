@@ -36,13 +36,16 @@ class PerViewBatchNorm:
     """Mixin put in front of a BN class: splits training-mode batches into views of `view_batches` rows."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plain = super().forward
         rows = _VIEW_BATCH.get()
         uses_batch_stats = self.training or self.running_mean is None
         if rows is None or not uses_batch_stats or x.shape[0] <= rows:
-            return super().forward(x)
+            return plain(x)
         if x.shape[0] % rows:
-            raise ValueError(f"per-view BatchNorm: a batch of {x.shape[0]} rows is not a whole number of {rows}-row views")
-        return torch.cat([super(PerViewBatchNorm, self).forward(chunk) for chunk in x.split(rows)])
+            raise ValueError(
+                f"per-view BatchNorm: a batch of {x.shape[0]} rows is not a whole number of {rows}-row views"
+            )
+        return torch.cat([plain(chunk) for chunk in x.split(rows)])
 
 
 _CLASSES: dict[type, type] = {}
