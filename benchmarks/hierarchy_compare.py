@@ -2,7 +2,8 @@
 
 Runs `off`, `uniform`, `add_one` without embeddings and `add_one` with colour embeddings from one
 base manifest (default: manifests/simsiam_hicl.yaml), then prints top-1 per label head. Extra
-`--set` overrides apply to every variant, e.g. `--set schedule.epochs=10`.
+`--set` overrides apply to every variant, e.g. `--set schedule.epochs=10`; `--prefix` names the run
+directories (so that two seeds can run at once) and `--json` also writes the rows to a file.
 """
 
 from __future__ import annotations
@@ -31,11 +32,13 @@ def main() -> None:
     parser.add_argument("--manifest", default="manifests/simsiam_hicl.yaml")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    parser.add_argument("--prefix", default="compare")
+    parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args()
     console = Console(stderr=True)
     rows = {}
     for name in args.variants:
-        overrides = [*args.overrides, *VARIANTS[name], f"output.name=compare_{name.replace('+', '_')}",
+        overrides = [*args.overrides, *VARIANTS[name], f"output.name={args.prefix}_{name.replace('+', '_')}",
                      "eval.after_pretrain=false"]
         manifest = load_manifest(args.manifest, overrides)
         start = time.perf_counter()
@@ -45,6 +48,9 @@ def main() -> None:
         rows[name] = {"train_s": round(train_s, 1), "images_per_s": round(result.images_per_s, 1),
                       **{h: round(100 * v["pretrained"]["top1"], 1) for h, v in scores["heads"].items()}}
         console.print(f"{name}: {json.dumps(rows[name])}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
     heads = [k for k in next(iter(rows.values())) if k not in ("train_s", "images_per_s")]
     print(f"{'variant':<20}" + "".join(f"{h:>11}" for h in heads) + f"{'train s':>9}{'img/s':>8}")
     for name, row in rows.items():

@@ -32,8 +32,8 @@ def step_rate(args: argparse.Namespace, hierarchy: dict) -> float:
             "name": "bench",
             "data": {"image_size": args.size},
             "backbone": {"name": args.backbone},
-            "method": {"proj_hidden_dim": args.proj, "proj_dim": args.proj},
-            "hierarchy": {**hierarchy, "adapter": args.adapter},
+            "method": {"name": "simsiam", "proj_hidden_dim": args.proj, "proj_dim": args.proj},
+            "hierarchy": {**hierarchy, "adapter": args.adapter, "bn": args.bn},
             "optim": {"batch_size": args.batch},
             "runtime": {"precision": args.precision},
         }
@@ -74,14 +74,15 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--proj", type=int, default=512)
-    parser.add_argument("--adapter", default="sepconv", choices=["sepconv", "pool_linear"])
+    parser.add_argument("--adapter", default="sepconv", choices=["sepconv", "pool_linear", "reference"])
+    parser.add_argument("--bn", default="joint", choices=["joint", "per_view"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     args = parser.parse_args()
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}; {args.backbone} {args.size} px, batch {args.batch}, {args.precision}, "
-          f"adapter {args.adapter}")
+          f"adapter {args.adapter}, bn {args.bn}")
     rates = {name: step_rate(args, hierarchy) for name, hierarchy in VARIANTS.items()}
     print(f"{'variant':<18} {'img/s':>8} {'step time vs off':>17}")
     for name, rate in rates.items():

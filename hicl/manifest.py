@@ -74,7 +74,14 @@ class EmbeddingConfig(Section):
     stages: list[PositiveInt] | None = Field(
         None, description="1-based stage numbers; default every stage but the first"
     )
-    dim: PositiveInt = 512
+    dim: PositiveInt | Literal["auto"] = Field(
+        "auto", description="embedding width; auto: a quarter of the final feature width (the reference's 512 on 2048)"
+    )
+    encoding: Literal["reference", "normalized"] = Field(
+        "reference",
+        description="colour-jitter vector: reference = raw factors (b, c, s, h), identity (1, 1, 1, 0); "
+        "normalized = (f - 1) / range, h / hue, identity 0",
+    )
 
     _ops = field_validator("ops")(classmethod(lambda cls, v: _check_ops(v)))
 
@@ -86,7 +93,10 @@ class HierarchyConfig(Section):
         None, description="timm feature module names to tap; default: the last len(groups) stages"
     )
     forward: Literal["separate", "fused"] = "separate"
-    adapter: Literal["sepconv", "pool_linear"] = "sepconv"
+    adapter: Literal["sepconv", "pool_linear", "reference"] = "sepconv"
+    bn: Literal["joint", "per_view"] = Field(
+        "joint", description="per_view: every BatchNorm normalises each view's batch on its own (the reference)"
+    )
     loss_weights: list[Annotated[float, Field(ge=0.0)]] | None = None
     embeddings: EmbeddingConfig = EmbeddingConfig()
 

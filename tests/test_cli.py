@@ -105,7 +105,7 @@ def test_probe_invariance_does_not_pretend(tmp_path):
 
 
 def test_shipped_manifests_validate():
-    for path in sorted(Path(__file__).parents[1].glob("manifests/*.yaml")):
+    for path in sorted(Path(__file__).parents[1].glob("manifests/**/*.yaml")):
         load_manifest(path)
 
 

@@ -138,7 +138,8 @@ def test_stage_augmenter_param_vectors_only_at_embedded_stages():
     gen = torch.Generator().manual_seed(3)
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=gen)
     augment = AugmentConfig()
-    augmenter = StageAugmenter(HierarchyConfig(mode="add_one"), augment, view_size=32)
+    hierarchy = HierarchyConfig(mode="add_one", embeddings={"encoding": "normalized"})
+    augmenter = StageAugmenter(hierarchy, augment, view_size=32)
     assert augmenter.embed_dim == 4
     batch = augmenter(images, torch.Generator().manual_seed(4))
     assert batch.param_vectors[0] is None

@@ -104,6 +104,7 @@ class StageAugmenter:
             for ops, cfg in zip(self.stage_ops, stage_configs(hierarchy, augment))
         ]
         self.embed_ops = list(hierarchy.embeddings.ops)
+        self.embed_encoding = hierarchy.embeddings.encoding
         self.embed_stages = set(embedded_stages(hierarchy))
 
     @property
@@ -123,5 +124,7 @@ class StageAugmenter:
             views.append(torch.cat([view_a, view_b]))
             params.append(pair)
             embedded = stage in self.embed_stages
-            vectors.append(param_vectors(pair, self.embed_ops, self.augment, hw) if embedded else None)
+            vectors.append(
+                param_vectors(pair, self.embed_ops, self.augment, hw, self.embed_encoding) if embedded else None
+            )
         return StageViews(views, params, vectors)

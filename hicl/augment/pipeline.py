@@ -27,8 +27,10 @@ op            dims  values
 crop          4     top / H, left / W, height / H, width / W
 flip          1     1 if flipped else 0
 rotation      2     cos(k * 90 deg), sin(k * 90 deg)
-color_jitter  4     (b - 1) / brightness, (c - 1) / contrast, (s - 1) / saturation, h / hue (0 where the
-                    configured range is 0): identity -> zeros, the configured range -> [-1, 1]
+color_jitter  4     `encoding="normalized"`: (b - 1) / brightness, (c - 1) / contrast, (s - 1) / saturation,
+                    h / hue (0 where the configured range is 0): identity -> zeros, the configured range
+                    -> [-1, 1]. `encoding="reference"` (the reference code's): the raw factors b, c, s, h,
+                    identity (1, 1, 1, 0) when jitter was not applied
 grayscale     1     1 if grey else 0
 blur          2     1 if blurred else 0; (sigma - mid) / half_range if blurred else 0 (mid, half_range of
                     the configured sigma range; 0 when that range is a single value)
@@ -171,12 +173,21 @@ def _scaled(values: Tensor, span: float) -> Tensor:
     return values / span if span > 0 else torch.zeros_like(values)
 
 
-def param_vectors(params: Params, ops: Sequence[str], cfg: AugmentConfig, image_hw: A.ImageSizes) -> Tensor:
-    """float32 [B, param_vector_dim(ops)]: the normalised parameters of `ops`, in the order given.
+def param_vectors(
+    params: Params,
+    ops: Sequence[str],
+    cfg: AugmentConfig,
+    image_hw: A.ImageSizes,
+    encoding: str = "normalized",
+) -> Tensor:
+    """float32 [B, param_vector_dim(ops)]: the encoded parameters of `ops`, in the order given.
 
     `image_hw`: the (height, width) the crop boxes were drawn in, one for the batch or int64 [B, 2].
+    `encoding` only changes the colour-jitter block (the one op the reference code embeds); see the table above.
     """
     _check_ops(ops)
+    if encoding not in ("normalized", "reference"):
+        raise ValueError(f"unknown parameter encoding {encoding!r}; expected normalized or reference")
 
     def crop() -> Tensor:
         sizes = torch.as_tensor(image_hw, device=params["crop_box"].device).reshape(-1, 2)
@@ -188,6 +199,9 @@ def param_vectors(params: Params, ops: Sequence[str], cfg: AugmentConfig, image_
         return cos_sin[params["rotation_k"]]
 
     def color_jitter() -> Tensor:
+        if encoding == "reference":
+            # sampling leaves the identity (1, 1, 1, 0) where jitter was not applied, as the reference records it
+            return params["color_factors"]
         jitter = cfg.color_jitter
         shifted = params["color_factors"] - torch.tensor(A.COLOR_IDENTITY, device=params["color_factors"].device)
         spans = (jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue)

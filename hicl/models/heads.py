@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from hicl.models.adapters import ReferenceAdapter
+
 
 class SepConvAdapter(nn.Module):
     """Brings a stage-k map to the last stage's width with stride-2 separable convolutions, then pools.
@@ -53,9 +55,15 @@ class PoolLinearAdapter(nn.Module):
         return self.proj(x.mean(dim=(2, 3)))
 
 
-def make_adapter(kind: str, in_channels: int, out_channels: int, reduction: int, last_reduction: int) -> nn.Module:
+def make_adapter(
+    kind: str, in_channels: int, out_channels: int, reduction: int, last_reduction: int, expansion: int = 1
+) -> nn.Module:
+    """The `hierarchy.adapter` for a stage with `reduction`; `expansion` is the backbone's bottleneck expansion."""
+    halvings = round(math.log2(last_reduction / reduction))
     if kind == "sepconv":
-        return SepConvAdapter(in_channels, out_channels, round(math.log2(last_reduction / reduction)))
+        return SepConvAdapter(in_channels, out_channels, halvings)
+    if kind == "reference":
+        return ReferenceAdapter(in_channels, out_channels, halvings, expansion)
     return PoolLinearAdapter(in_channels, out_channels)
 
 

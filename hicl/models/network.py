@@ -14,8 +14,10 @@ from torch import nn
 from hicl.augment.hierarchy import StageViews, embedded_stages
 from hicl.manifest import Manifest
 from hicl.methods import METHODS, Method
+from hicl.models.adapters import channel_expansion
 from hicl.models.backbone import StageRunner, create_backbone, select_stages
 from hicl.models.heads import ParamEmbedder, make_adapter
+from hicl.models.view_bn import convert_per_view, view_batches
 
 
 class StageNetwork(nn.Module):
@@ -26,16 +28,21 @@ class StageNetwork(nn.Module):
         projector_factory,
         embedded: list[int],
         embed_in_dim: int,
-        embed_dim: int,
+        embed_dim: int | str,
     ):
         super().__init__()
         self.runner = runner
         stages = runner.stages
         width = runner.out_features
+        expansion = channel_expansion(runner.model)
         self.adapters = nn.ModuleList(
-            [make_adapter(adapter, s.channels, width, s.reduction, stages[-1].reduction) for s in stages[:-1]]
+            [
+                make_adapter(adapter, s.channels, width, s.reduction, stages[-1].reduction, expansion)
+                for s in stages[:-1]
+            ]
             + [nn.Identity()]  # the last stage is already globally pooled by the model's own head
         )
+        embed_dim = resolve_embedding_dim(embed_dim, width)
         self.embedders = nn.ModuleDict({str(k): ParamEmbedder(embed_in_dim, embed_dim) for k in embedded})
         self.projectors = nn.ModuleList(
             projector_factory(width + (embed_dim if str(k) in self.embedders else 0)) for k in range(len(stages))
@@ -53,16 +60,34 @@ class StageNetwork(nn.Module):
         return outputs
 
 
+def resolve_embedding_dim(dim: int | str, feature_width: int) -> int:
+    """`hierarchy.embeddings.dim`: a width, or `auto` = a quarter of the final feature width (at least 1)."""
+    return max(1, feature_width // 4) if dim == "auto" else int(dim)
+
+
 class SSLModel(nn.Module):
-    def __init__(self, online: StageNetwork, method: Method, fused: bool, loss_weights: list[float]):
+    """Online network, method and optional target; `per_view_bn` makes every BN layer of all three
+    normalise each view's batch on its own (see hicl.models.view_bn)."""
+
+    def __init__(
+        self,
+        online: StageNetwork,
+        method: Method,
+        fused: bool,
+        loss_weights: list[float],
+        per_view_bn: bool = False,
+    ):
         super().__init__()
         self.online = online
         self.method = method
         self.fused = fused
+        self.per_view_bn = per_view_bn
         self.register_buffer("loss_weights", torch.tensor(loss_weights), persistent=False)
         self.target = None
         if method.uses_target:
             self.target = copy.deepcopy(online).requires_grad_(False)
+        if per_view_bn:
+            convert_per_view(self)
 
     @property
     def backbone(self) -> nn.Module:
@@ -75,6 +100,12 @@ class SSLModel(nn.Module):
 
     def stage_losses(self, batch: StageViews) -> torch.Tensor:
         """One loss per tapped stage, shallow to deep (unweighted)."""
+        if not self.per_view_bn:
+            return self._stage_losses(batch)
+        with view_batches(batch.views[0].shape[0] // 2):
+            return self._stage_losses(batch)
+
+    def _stage_losses(self, batch: StageViews) -> torch.Tensor:
         online = self.online(batch.views, batch.param_vectors, self.fused)
         targets: list[torch.Tensor | None] = [None] * len(online)
         if self.target is not None:
@@ -128,4 +159,4 @@ def build_model(manifest: Manifest, embed_in_dim: int) -> SSLModel:
     )
     method = method_cls(manifest.method, len(stages))
     weights = hierarchy.loss_weights or [1.0] * len(stages)
-    return SSLModel(online, method, hierarchy.forward == "fused", weights)
+    return SSLModel(online, method, hierarchy.forward == "fused", weights, per_view_bn=hierarchy.bn == "per_view")
