@@ -24,9 +24,11 @@ from hicl.errors import HiclError
 from hicl.manifest import Manifest
 from hicl.models.network import build_model
 from hicl.plots import save_loss_plot
-from hicl.runs import RunDir, tensor_fingerprint
+from hicl.runs import RunDir, releases_run_locks, tensor_fingerprint
 from hicl.train.checkpoint import load_checkpoint, save_checkpoint
 from hicl.train.device import autocast, resolve_device, view_dtype
+from hicl.train.health import check_health
+from hicl.train.progress import LineProgress
 from hicl.train.optim import build_optimizer, lr_at, scaled_lr, set_lr
 
 ORDER_SEED_OFFSET = 1
@@ -44,6 +46,8 @@ class PretrainResult:
 
 
 def progress_bar(console: Console, enabled: bool) -> Progress:
+    if enabled and not console.is_terminal:
+        return LineProgress(console)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -64,6 +68,7 @@ def check_finite(loss: float, step: int) -> float:
     return loss
 
 
+@releases_run_locks
 def pretrain(
     manifest: Manifest,
     *,
@@ -76,6 +81,7 @@ def pretrain(
     if manifest.runtime.threads:
         torch.set_num_threads(manifest.runtime.threads)
     device = resolve_device(manifest.runtime)
+    RunDir(manifest.run_dir).check_can_start(resume, overwrite)
 
     train = load_split(manifest.data, "train")
     batch_size = manifest.optim.batch_size
@@ -115,6 +121,7 @@ def pretrain(
             order = torch.randperm(len(train), generator=generators["order"])
             # Summed on the device: reading a loss back every step would stall a GPU run.
             epoch_loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            epoch_stage_sum = torch.zeros(manifest.hierarchy.num_stages, dtype=torch.float64, device=device)
             tick, seen = time.perf_counter(), 0
             for index in order[: steps_per_epoch * batch_size].view(steps_per_epoch, batch_size):
                 lr = lr_at(step, total_steps, warmup_steps, base_lr)
@@ -130,6 +137,7 @@ def pretrain(
                 model.update_target(model.method.target_momentum(step, total_steps))
                 step += 1
                 epoch_loss_sum += loss.detach()
+                epoch_stage_sum += stage_losses.detach()
                 seen += batch_size
 
                 if step % manifest.runtime.log_every == 0 or step == total_steps:
@@ -146,10 +154,13 @@ def pretrain(
 
             rate = seen / (time.perf_counter() - tick)
             epoch_loss = check_finite(epoch_loss_sum.item() / steps_per_epoch, step)
-            run.log({"kind": "epoch", "epoch": epoch, "step": step, "loss": epoch_loss, "images_per_s": rate})
+            run.log({"kind": "epoch", "epoch": epoch, "step": step, "lr": lr, "loss": epoch_loss,
+                     "stage_losses": (epoch_stage_sum / steps_per_epoch).tolist(), "images_per_s": rate})
             if (epoch + 1) % manifest.runtime.checkpoint_every == 0 or epoch + 1 == epochs:
+                check_health(model, step, run.read_metrics())
                 save_checkpoint(run.last_checkpoint, model, optimizer, generators, {"epoch": epoch + 1, "step": step})
 
     wall = time.perf_counter() - started
     save_loss_plot(run.read_metrics(), run.results / "loss.png")
-    return PretrainResult(run.path, epochs, step, loss_value, rate, wall)
+    average_rate = (step - start_epoch * steps_per_epoch) * batch_size / wall if wall > 0 else 0.0
+    return PretrainResult(run.path, epochs, step, loss_value, average_rate, wall)
