@@ -28,8 +28,8 @@ from hicl.runs import RunDir, releases_run_locks, tensor_fingerprint
 from hicl.train.checkpoint import load_checkpoint, save_checkpoint
 from hicl.train.device import autocast, resolve_device, view_dtype
 from hicl.train.health import check_health
-from hicl.train.progress import LineProgress
 from hicl.train.optim import build_optimizer, lr_at, scaled_lr, set_lr
+from hicl.train.progress import LineProgress
 
 ORDER_SEED_OFFSET = 1
 AUGMENT_SEED_OFFSET = 2
