@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import shlex
 from pathlib import Path
 from typing import Annotated, Callable, TypeVar
 
+import click
 import typer
 from rich.console import Console
 
@@ -25,62 +28,132 @@ Overrides = Annotated[
 ]
 ManifestArg = Annotated[Path, typer.Argument(help="Run manifest (YAML).")]
 RunArg = Annotated[Path, typer.Argument(help="Run directory, or the manifest that names it.")]
+NoVerify = Annotated[
+    bool, typer.Option("--no-verify", help="Skip the SHA-256 check of checkpoint files (huge checkpoints).")
+]
 
 F = TypeVar("F", bound=Callable)
 
 
+def _one_line(text: str, limit: int = 1000) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def user_errors(fn: F) -> F:
-    """Turn a HiclError into one line on stderr and exit code 2."""
+    """The CLI's error boundary: a HiclError or an OSError (permission, read-only, not a directory,
+    disk full) is one line on stderr and exit code 2; anything else is a bug: one line, exit code 1,
+    and the traceback only with HICL_DEBUG=1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
         except HiclError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {_one_line(str(exc))}", err=True)
             raise typer.Exit(2) from None
+        except OSError as exc:
+            if os.environ.get("HICL_DEBUG") == "1":
+                raise
+            where = exc.filename if exc.filename is not None else "i/o"
+            typer.echo(f"error: {_one_line(f'{where}: {exc.strerror or exc}')}", err=True)
+            raise typer.Exit(2) from None
+        except Exception as exc:
+            if os.environ.get("HICL_DEBUG") == "1":
+                raise
+            typer.echo(
+                f"error: internal error {_one_line(f'{type(exc).__name__}: {exc}', 300)}; "
+                "run with HICL_DEBUG=1 for the traceback",
+                err=True,
+            )
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _resume_target(manifest: Path, overrides: list[str] | None):
+    """The manifest of `hicl pretrain --resume RUN_DIR`: the run's own, pointed at where the run now is."""
+    from hicl.manifest import load_manifest
+    from hicl.runs import RunDir
+
+    run = RunDir(manifest)
+    if not run.manifest_path.is_file():
+        raise HiclError(f"{manifest}: not a hicl run directory (no manifest.yaml)")
+    resolved = load_manifest(run.manifest_path, overrides)
+    if resolved.run_dir.resolve() != manifest.resolve():  # the run was moved or is given by another path
+        output = resolved.output.model_copy(update={"dir": manifest.resolve().parent, "name": manifest.resolve().name})
+        resolved = resolved.model_copy(update={"output": output})
+    return resolved
+
+
+def _interrupted_hint(manifest: Path, overrides: list[str] | None, run_dir: Path) -> str:
+    """A command that continues (or, before the first checkpoint, restarts) the run, exactly as typed."""
+    from hicl.runs import RunDir
+
+    if RunDir(run_dir).has_checkpoint():
+        return f"interrupted; continue with: hicl pretrain --resume {shlex.quote(str(run_dir))}"
+    words = ["hicl", "pretrain", str(manifest)] + [w for o in overrides or [] for w in ("--set", o)]
+    return f"interrupted before the first checkpoint; start again with: {shlex.join(words)} --overwrite"
 
 
 @app.command()
 @user_errors
 def pretrain(
-    manifest: ManifestArg,
+    manifest: Annotated[Path, typer.Argument(help="Run manifest (YAML); with --resume also a run directory.")],
     set_: Overrides = None,
     resume: Annotated[bool, typer.Option(help="Continue the run from its last checkpoint.")] = False,
-    overwrite: Annotated[bool, typer.Option(help="Delete an existing run directory first.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run (only the files hicl wrote).")] = False,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    no_verify: NoVerify = False,
 ) -> None:
     """Pretrain a backbone as the manifest says; writes the run directory."""
     from hicl.evaluate.linear import linear_eval, render_linear_eval
+    from hicl.lock import RunLock
     from hicl.manifest import load_manifest
     from hicl.runs import RunDir
+    from hicl.train.checkpoint import set_verification
     from hicl.train.loop import pretrain as run_pretrain
 
-    resolved = load_manifest(manifest, set_)
+    if resume and overwrite:
+        raise HiclError("--resume and --overwrite exclude each other: continue the run, or start it afresh")
+    set_verification(not no_verify)
+    if manifest.is_dir():
+        if not resume:
+            raise HiclError(f"{manifest}: is a run directory; pass --resume to continue it, or give a manifest file")
+        resolved = _resume_target(manifest, set_)
+    else:
+        resolved = load_manifest(manifest, set_)
     try:
         result = run_pretrain(resolved, resume=resume, overwrite=overwrite, console=console, show_progress=progress)
     except KeyboardInterrupt:
-        typer.echo(f"interrupted; continue with: hicl pretrain {manifest} --resume", err=True)
+        typer.echo(_interrupted_hint(manifest, set_, resolved.run_dir), err=True)
         raise typer.Exit(130) from None
     console.print(
-        f"pretrained {result.steps} steps in {result.wall_s:.0f} s ({result.images_per_s:.0f} img/s), "
+        f"pretrained {result.steps} steps in {result.wall_s:.0f} s ({result.images_per_s:.0f} img/s on average), "
         f"final loss {result.final_loss:.4f} -> {result.run_dir}"
     )
     if resolved.eval.after_pretrain:
-        Console().print(render_linear_eval(linear_eval(resolved, RunDir(result.run_dir), console)))
+        with RunLock(result.run_dir):
+            Console().print(render_linear_eval(linear_eval(resolved, RunDir(result.run_dir), console)))
 
 
 @app.command("linear-eval")
 @user_errors
-def linear_eval_command(run: RunArg, set_: Overrides = None) -> None:
+def linear_eval_command(run: RunArg, set_: Overrides = None, no_verify: NoVerify = False) -> None:
     """Linear classifiers on frozen features, per label head; writes results/linear_eval.json."""
     from hicl.evaluate.linear import linear_eval, render_linear_eval
+    from hicl.lock import RunLock
     from hicl.runs import open_run
+    from hicl.train.checkpoint import set_verification
 
+    set_verification(not no_verify)
     run_dir, manifest = open_run(run, set_)
-    Console().print(render_linear_eval(linear_eval(manifest, run_dir, console)))
+    if not run_dir.path.is_dir():
+        raise HiclError(f"{run_dir.path}: no such run directory (run hicl pretrain first)")
+    with RunLock(run_dir.path):
+        Console().print(render_linear_eval(linear_eval(manifest, run_dir, console)))
 
 
 @app.command()
@@ -90,19 +163,27 @@ def export(
     out: Annotated[Path, typer.Option(help="Output directory.")],
     format: Annotated[str, typer.Option(help="Export format: timm.")] = "timm",
     set_: Overrides = None,
+    no_verify: NoVerify = False,
 ) -> None:
     """Export the pretrained backbone's weights for another tool."""
     from hicl.export import FORMATS, export_timm
+    from hicl.lock import RunLock
     from hicl.runs import open_run
+    from hicl.train.checkpoint import set_verification
 
     if format not in FORMATS:
-        raise HiclError(f"--format: unknown format {format!r}; expected one of {', '.join(FORMATS)}")
+        raise HiclError(f"--format: unknown format {format[:100]!r}; expected one of {', '.join(FORMATS)}")
+    set_verification(not no_verify)
     run_dir, manifest = open_run(run, set_)
-    weights = export_timm(manifest, run_dir, out)
+    if not run_dir.path.is_dir():
+        raise HiclError(f"{run_dir.path}: no such run directory (run hicl pretrain first)")
+    with RunLock(run_dir.path, read_only_ok=True):
+        weights = export_timm(manifest, run_dir, out)
     console.print(f"wrote {weights} (see {out / 'export.json'} for how to load it)")
 
 
 @app.command("probe-invariance")
+@user_errors
 def probe_invariance(run: RunArg) -> None:
     """Per-stage invariance analysis (not available in this version)."""
     typer.echo("error: probe-invariance is not available yet in this version of hicl", err=True)
@@ -119,6 +200,7 @@ def validate(manifest: ManifestArg, set_: Overrides = None) -> None:
 
 
 @app.command()
+@user_errors
 def schema(
     markdown: Annotated[bool, typer.Option(help="Print the key reference (docs/manifest.md) instead.")] = False,
 ) -> None:

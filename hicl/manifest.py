@@ -1,26 +1,48 @@
 """The run manifest: every setting of a run as validated pydantic data.
 
 A manifest is YAML with the sections below; unknown keys are errors. `load_manifest` reads it with
-`yaml.safe_load`, applies `--set section.key=value` overrides and validates; `dump_manifest` writes
-the resolved form (every default filled in) that a run directory keeps, so the run can be repeated.
+`hicl.safe_yaml` (size, encoding, duplicate-key, alias and depth limits), applies `--set
+section.key=value` overrides and validates strictly (`manifest_from_dict`: no bool or string where a
+number belongs, finite floats only); `dump_manifest` writes the resolved form (every default filled
+in) that a run directory keeps, so the run can be repeated.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
-from hicl.config import PositiveInt, Probability, Section
+from hicl.config import MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SIZE, MAX_WIDTH, PositiveInt, Probability, Section
 from hicl.data import SOURCES, DataConfig
 from hicl.data.synthetic import SyntheticSource
 from hicl.errors import HiclError
 from hicl.methods import METHODS, default_method_config, method_config_union
+from hicl.safe_yaml import read_yaml_file, read_yaml_text
 
 # Canonical application order of the augmentation ops; a pipeline applies the ops it has in this order.
 OP_NAMES: tuple[str, ...] = ("crop", "flip", "rotation", "color_jitter", "grayscale", "blur", "solarize")
+
+
+
+def _safe_name(name: str) -> str:
+    """A single path component that cannot climb out of, or stand for, its parent directory."""
+    if not (0 < len(name) <= 100) or name.startswith(".") or any(not (c.isascii() and (c.isalnum() or c in "._-")) for c in name):
+        raise ValueError("expected a single file name: 1-100 letters, digits, '.', '_' or '-', not starting with '.'")
+    return name
+
+
+def _safe_dir(path: Path) -> Path:
+    if "\x00" in str(path) or len(str(path)) > 4096:
+        raise ValueError("expected a directory path without NUL characters, at most 4096 characters")
+    return path
+
+
+SafeName = Annotated[str, AfterValidator(_safe_name)]
 
 
 def _check_ops(ops: list[str]) -> list[str]:
@@ -55,10 +77,21 @@ class BackboneConfig(Section):
         import timm
 
         if not timm.is_model(name):
-            close = timm.list_models(f"*{name[:6]}*")[:5]
+            close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
             hint = f" (similar: {', '.join(close)})" if close else ""
-            raise ValueError(f"unknown timm model {name!r}{hint}")
+            raise ValueError(f"unknown timm model{hint}")
         return name
+
+    @field_validator("kwargs")
+    @classmethod
+    def _not_hicl_owned(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        # hicl sets these itself, or they would load a pickle / change what the model returns.
+        owned = {"pretrained", "num_classes", "drop_path_rate", "features_only", "checkpoint_path",
+                 "pretrained_cfg", "pretrained_cfg_overlay", "out_indices", "global_pool"}
+        taken = sorted(owned & set(kwargs))
+        if taken:
+            raise ValueError(f"{taken[0]!r} is set by hicl and cannot be passed to timm here")
+        return kwargs
 
 
 # --------------------------------------------------------------------------------------------- method
@@ -74,7 +107,7 @@ class EmbeddingConfig(Section):
     stages: list[PositiveInt] | None = Field(
         None, description="1-based stage numbers; default every stage but the first"
     )
-    dim: PositiveInt | Literal["auto"] = Field(
+    dim: Annotated[int, Field(gt=0, le=MAX_WIDTH)] | Literal["auto"] = Field(
         "auto", description="embedding width; auto: a quarter of the final feature width (the reference's 512 on 2048)"
     )
     encoding: Literal["reference", "normalized"] = Field(
@@ -161,7 +194,7 @@ class ProbabilityConfig(Section):
 class BlurConfig(Section):
     p: Probability = 0.5
     sigma: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]] = (0.1, 2.0)
-    kernel_size: Annotated[int, Field(ge=3)] | None = Field(
+    kernel_size: Annotated[int, Field(ge=3, le=MAX_SIZE)] | None = Field(
         None, description="odd; default: 10% of the view size, made odd (SimCLR)"
     )
 
@@ -192,7 +225,7 @@ class AugmentConfig(Section):
         ["crop", "color_jitter", "grayscale", "blur", "flip"],
         description="the full pipeline (last stage, or every stage when the hierarchy is off/uniform)",
     )
-    output_size: Annotated[int, Field(ge=8)] | None = Field(None, description="view size; default data.image_size")
+    output_size: Annotated[int, Field(ge=8, le=MAX_SIZE)] | None = Field(None, description="view size; default data.image_size")
     crop: CropConfig = CropConfig()
     flip: ProbabilityConfig = ProbabilityConfig(p=0.5)
     rotation: ProbabilityConfig = ProbabilityConfig(p=0.5)
@@ -214,11 +247,11 @@ class OptimConfig(Section):
         0.001, description="lars: eta in the trust ratio eta * ||w|| / ||g + wd * w||"
     )
     weight_decay: Annotated[float, Field(ge=0.0)] = 5e-4
-    batch_size: PositiveInt = 256
+    batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)] = 256
 
 
 class ScheduleConfig(Section):
-    epochs: PositiveInt = 10
+    epochs: Annotated[int, Field(gt=0, le=MAX_EPOCHS)] = 10
     warmup_epochs: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
@@ -232,7 +265,7 @@ class ScheduleConfig(Section):
 class RuntimeConfig(Section):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     precision: Literal["fp32", "bf16"] = "fp32"
-    threads: PositiveInt | None = Field(None, description="CPU threads for torch; default: torch's choice")
+    threads: Annotated[int, Field(gt=0, le=1024)] | None = Field(None, description="CPU threads for torch; default: torch's choice")
     log_every: PositiveInt = Field(10, description="steps between metrics.jsonl lines")
     checkpoint_every: PositiveInt = Field(1, description="epochs between checkpoints (the last is always saved)")
     channels_last: bool = Field(False, description="NHWC memory format for the network and its inputs (CUDA)")
@@ -243,15 +276,15 @@ class RuntimeConfig(Section):
     @classmethod
     def _device(cls, device: str) -> str:
         if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and device[5:].isdigit()):
-            raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {device!r}")
+            raise ValueError("expected auto, cpu, cuda or cuda:N")
         return device
 
 
 class EvalConfig(Section):
     heads: list[str] | None = Field(None, description="label heads to evaluate; default all the data has")
-    epochs: PositiveInt = 100
+    epochs: Annotated[int, Field(gt=0, le=MAX_EPOCHS)] = 100
     lr: Annotated[float, Field(gt=0.0)] = 0.1
-    batch_size: PositiveInt = 256
+    batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)] = 256
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
     random_init_baseline: bool = Field(True, description="also evaluate the same backbone at random init")
     after_pretrain: bool = Field(False, description="run linear-eval at the end of pretrain")
@@ -261,13 +294,13 @@ class EvalConfig(Section):
 
 
 class OutputConfig(Section):
-    dir: Path = Path("runs")
-    name: str | None = Field(None, description="run directory name; default: the manifest's name")
+    dir: Annotated[Path, AfterValidator(_safe_dir)] = Path("runs")
+    name: SafeName | None = Field(None, description="run directory name; default: the manifest's name")
 
 
 class Manifest(Section):
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")]
-    seed: Annotated[int, Field(ge=0)] = 0
+    name: SafeName
+    seed: Annotated[int, Field(ge=0, lt=2**32)] = 0
     data: DataConfig = SyntheticSource()
     backbone: BackboneConfig = BackboneConfig()
     method: MethodSection = Field(default_factory=default_method_config)
@@ -278,6 +311,13 @@ class Manifest(Section):
     runtime: RuntimeConfig = RuntimeConfig()
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _blur_fits_view(self) -> Manifest:
+        kernel = self.augment.blur.kernel_size
+        if kernel is not None and kernel > self.view_size:
+            raise ValueError(f"augment.blur.kernel_size: {kernel} is larger than the {self.view_size} px view")
+        return self
 
     @property
     def run_dir(self) -> Path:
@@ -293,11 +333,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """`section.key=value` -> (["section", "key"], value); the value is read as YAML (numbers, lists)."""
     path, sep, raw = text.partition("=")
     if not sep or not path or any(not part for part in path.split(".")):
-        raise HiclError(f"--set {text!r}: expected section.key=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else raw
-    except yaml.YAMLError as exc:
-        raise HiclError(f"--set {text!r}: value is not valid YAML ({exc.__class__.__name__})") from None
+        raise HiclError(f"--set {_shown(text)}: expected section.key=value")
+    value = read_yaml_text(raw, f"--set {_shown(text)}") if raw.strip() else raw
     return path.split("."), value
 
 
@@ -308,7 +345,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         for key in keys[:-1]:
             child = node.setdefault(key, {})
             if not isinstance(child, dict):
-                raise HiclError(f"--set {text!r}: {key} is not a section")
+                raise HiclError(f"--set {_shown(text)}: {_shown(key)} is not a section")
             node = child
         node[keys[-1]] = value
     return raw
@@ -328,16 +365,55 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in _without_union_tags(err["loc"])) or "manifest"
+
+
+def _shown(value: Any, limit: int = 200) -> str:
+    """`repr(value)`, cut to `limit` characters: an error line never floods the terminal."""
+    return _cut(repr(value), limit)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def format_validation_error(exc: ValidationError, source: str, max_problems: int = 5) -> str:
+    """One line: `source: field.path: what was expected (got value)` for each problem."""
+    parts = []
+    errors = exc.errors()
+    for err in errors[:max_problems]:
+        loc = _cut(".".join(str(p) for p in _without_union_tags(err["loc"])) or "manifest", 120)
         msg = err["msg"].removeprefix("Value error, ")
         got = err.get("input")
-        shown = "" if err["type"] == "missing" or isinstance(got, dict) else f" (got {got!r})"
+        shown = "" if err["type"] == "missing" or isinstance(got, dict) else f" (got {_shown(got)})"
         parts.append(f"{loc}: {msg}{shown}")
+    if len(errors) > max_problems:
+        parts.append(f"and {len(errors) - max_problems} more problems")
     return f"{source}: " + "; ".join(parts)
 
 
+def _check_plain(value: Any, source: str, where: str = "") -> None:
+    """Only what JSON can say: YAML's dates, binary and sets have no place in a manifest."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise HiclError(f"{source}: {where or 'manifest'}: key {_shown(key)} is not a string")
+            _check_plain(item, source, f"{where}.{key}" if where else key)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_plain(item, source, f"{where}.{index}")
+    elif not isinstance(value, (str, int, float, bool, type(None))):
+        raise HiclError(
+            f"{source}: {_cut(where, 120)}: expected a number, string, boolean, list or mapping "
+            f"(got {type(value).__name__} {_shown(value, 80)})"
+        )
+
+
 def manifest_from_dict(raw: dict[str, Any], source: str = "manifest") -> Manifest:
+    """Validate user input strictly: JSON mode with `strict=True` takes YAML lists for tuples and
+    strings for paths, but never a bool or a string where a number belongs (`true` is not 1)."""
+    _check_plain(raw, source)
     try:
-        return Manifest.model_validate(raw)
+        return Manifest.model_validate_json(json.dumps(raw), strict=True)
     except ValidationError as exc:
         raise HiclError(format_validation_error(exc, source)) from None
 
@@ -346,12 +422,7 @@ def load_manifest(path: Path | str, overrides: list[str] | None = None) -> Manif
     path = Path(path)
     if not path.is_file():
         raise HiclError(f"{path}: manifest not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise HiclError(f"{path}: not valid YAML{where}") from None
+    raw = read_yaml_file(path)
     if not isinstance(raw, dict):
         raise HiclError(f"{path}: expected a mapping of sections at the top level")
     return manifest_from_dict(apply_overrides(raw, overrides or []), str(path))

@@ -30,7 +30,10 @@ def loss_figure(records: list[dict[str, Any]]) -> Figure:
     return figure
 
 
-def save_loss_plot(records: list[dict[str, Any]], path: Path) -> Path:
+def save_loss_plot(records: list[dict[str, Any]], path: Path) -> Path | None:
+    """The loss figure as PNG; None (nothing written) when there are no step records to show."""
+    if not any(r.get("kind") == "step" for r in records):
+        return None
     path.parent.mkdir(parents=True, exist_ok=True)
     loss_figure(records).savefig(path)
     return path

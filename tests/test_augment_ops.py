@@ -204,7 +204,9 @@ def test_gaussian_kernels_match_torchvision() -> None:
     kernels = A.gaussian_kernels(sigma, 9)
     for s, kernel in zip(sigma.tolist(), kernels):
         expected = _get_gaussian_kernel1d(9, s, torch.float32, torch.device("cpu"))
-        torch.testing.assert_close(kernel, expected, rtol=0, atol=1e-7)
+        # exp and the normalising division round differently between instruction sets (1.19e-7 seen
+        # on another AMD EPYC at sigma 0.7): a few float32 ulps are noise, a wrong formula is ~1e-2.
+        torch.testing.assert_close(kernel, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_solarize_matches_torchvision() -> None:

@@ -104,11 +104,6 @@ def test_probe_invariance_does_not_pretend(tmp_path):
     assert result.exit_code != 0 and "not available" in result.output
 
 
-def test_shipped_manifests_validate():
-    for path in sorted(Path(__file__).parents[1].glob("manifests/**/*.yaml")):
-        load_manifest(path)
-
-
 def test_bare_yaml_off_means_hierarchy_off(tmp_path):
     # YAML 1.1 reads `off` as false; the manifest takes it as the mode name.
     path = write(tmp_path, "name: x\nhierarchy:\n  mode: off\n")

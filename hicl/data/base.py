@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from hicl.config import PositiveInt, Section
+from hicl.config import MAX_IMAGES, Section
 
 MIN_SIDE = 8  # smaller images cannot be cropped meaningfully (1x1 px thumbnails, broken exports)
 
@@ -42,7 +42,7 @@ class SourceConfig(Section):
     image_size: Annotated[int, Field(ge=8, le=1024)] = Field(
         32, description="side of the square uint8 images handed to the device; default view size"
     )
-    max_images: PositiveInt | None = Field(
+    max_images: Annotated[int, Field(gt=0, le=MAX_IMAGES)] | None = Field(
         None, description="use only the first N images of each split (in a fixed order), for smoke runs"
     )
     workers: Annotated[int, Field(ge=0, le=256)] = Field(

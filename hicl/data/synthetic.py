@@ -272,7 +272,7 @@ TEST_SEED_OFFSET = 1_000_003
 class SyntheticConfig(Section):
     """Sizes of the built-in procedural dataset."""
 
-    num_train: Annotated[int, Field(gt=0, le=2_000_000)] = 10_000
+    num_train: Annotated[int, Field(gt=0, le=2_000_000, description="training images")] = 10_000
     num_test: Annotated[int, Field(gt=0, le=2_000_000)] = 2_000
     seed: Annotated[int, Field(ge=0)] = Field(0, description="data seed, independent of the training seed")
 

@@ -12,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from hicl.errors import HiclError
 from hicl.manifest import Manifest, NormalizeConfig
 from hicl.models.backbone import create_backbone
 from hicl.train.checkpoint import find_checkpoint, load_backbone_state
@@ -42,7 +43,11 @@ def extract_features(
 def pretrained_backbone(manifest: Manifest, checkpoint: Path) -> tuple[nn.Module, str]:
     """The run's backbone and a key that changes whenever its weights do."""
     backbone = create_backbone(manifest.backbone)
-    backbone.load_state_dict(load_backbone_state(checkpoint))
+    try:
+        backbone.load_state_dict(load_backbone_state(checkpoint))
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
+        raise HiclError(f"{checkpoint}: checkpoint does not match the manifest's backbone ({first[:200]})") from None
     found = find_checkpoint(checkpoint)
     digest = hashlib.sha256((found / "backbone.safetensors").read_bytes()).hexdigest()[:16]
     return backbone, f"pretrained-{digest}"

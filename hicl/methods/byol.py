@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from hicl.config import Momentum, PositiveInt
+from hicl.config import Momentum, Width
 from hicl.layers import make_predictors, mlp
 from hicl.methods.base import Method, MethodConfig
 from hicl.methods.registry import register
@@ -25,7 +25,7 @@ from hicl.methods.registry import register
 
 class BYOLConfig(MethodConfig):
     name: Literal["byol"] = "byol"
-    pred_hidden_dim: PositiveInt = 512
+    pred_hidden_dim: Width = 512
     momentum: Momentum = Field(0.99, description="base EMA decay of the target, raised to 1 along a cosine")
 
 

@@ -11,7 +11,7 @@ No state is carried between the loss and the optimiser step.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from pydantic import Field
 from torch import nn
 
 from hicl.collectives import gather
-from hicl.config import Momentum, PositiveFloat, PositiveInt
+from hicl.config import Momentum, PositiveFloat
 from hicl.layers import mlp
 from hicl.methods.base import Method, MethodConfig
 from hicl.methods.registry import register
@@ -28,7 +28,7 @@ from hicl.methods.registry import register
 class MoCoV2Config(MethodConfig):
     name: Literal["moco_v2"] = "moco_v2"
     temperature: PositiveFloat = Field(0.2, description="softmax temperature t")
-    queue_size: PositiveInt = Field(4096, description="negatives kept per stage")
+    queue_size: Annotated[int, Field(gt=0, le=1_048_576)] = Field(4096, description="negatives kept per stage")
     momentum: Momentum = Field(0.99, description="EMA decay of the target (constant)")
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from hicl.config import PositiveInt
+from hicl.config import Width
 from hicl.layers import make_predictors, mlp
 from hicl.methods.base import Method, MethodConfig
 from hicl.methods.registry import register
@@ -20,7 +20,7 @@ from hicl.methods.registry import register
 
 class SimSiamConfig(MethodConfig):
     name: Literal["simsiam"] = "simsiam"
-    pred_hidden_dim: PositiveInt = 512
+    pred_hidden_dim: Width = 512
     fixed_predictor_lr: bool = Field(True, description="the predictor keeps the base lr (no decay)")
 
 

@@ -32,12 +32,14 @@ class StageInfo:
 
 def create_backbone(cfg: BackboneConfig) -> nn.Module:
     """The timm model with no classifier (`num_classes=0`), optionally with a small-input stem."""
+    # drop_path_rate only when asked for: models without stochastic depth (inception_v3) refuse the argument.
+    extra = {"drop_path_rate": cfg.drop_path_rate} if cfg.drop_path_rate else {}
     try:
-        model = timm.create_model(
-            cfg.name, pretrained=False, num_classes=0, drop_path_rate=cfg.drop_path_rate, **cfg.kwargs
-        )
+        model = timm.create_model(cfg.name, pretrained=False, num_classes=0, **extra, **cfg.kwargs)
     except TypeError as exc:
-        raise HiclError(f"backbone.kwargs: {cfg.name} does not take {sorted(cfg.kwargs)} ({exc})") from None
+        field = "backbone.kwargs" if cfg.kwargs else "backbone.drop_path_rate"
+        taken = sorted({**extra, **cfg.kwargs})
+        raise HiclError(f"{field}: {cfg.name} does not take {taken} ({str(exc)[:200]})") from None
     if cfg.small_stem:
         apply_small_stem(model, cfg.name)
     return model
@@ -167,8 +169,9 @@ class StageRunner(nn.Module):
                 reference = self.model(probe)
             except (RuntimeError, AssertionError, ValueError) as exc:
                 raise HiclError(
-                    f"backbone.name: {model_name} cannot run a {probe_size} px input "
-                    f"(check data.image_size / augment.output_size): {str(exc).splitlines()[0]}"
+                    f"backbone.name: {model_name} cannot run the {probe_size} px input hicl checks it with "
+                    f"(the view size, at least 32 px; see data.image_size, augment.output_size and "
+                    f"backbone.kwargs such as img_size): {str(exc).splitlines()[0][:200]}"
                 ) from None
             try:
                 mine = self.run_all(probe)

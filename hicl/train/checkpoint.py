@@ -5,14 +5,18 @@
       heads.safetensors      everything else of the SSL model: adapters, embedders, projectors,
                              predictors, momentum target, queues
       trainer.safetensors    optimiser state tensors and random-generator states
-      meta.json              epoch, step, optimiser hyper-parameters, hicl version
+      meta.json              epoch, step, optimiser hyper-parameters, hicl version, and the
+                             SHA-256 of each .safetensors file
 
 A checkpoint is written to `last.tmp/` and only then swapped in, so a crash while writing never
-replaces a good checkpoint with a half-written one.
+replaces a good checkpoint with a half-written one. Every load checks the files against the SHA-256
+recorded in meta.json (a flipped bit names the file); `set_verification(False)` (the CLI's
+`--no-verify`) skips that for huge checkpoints.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -27,6 +31,20 @@ from hicl.errors import HiclError
 from hicl.models.network import SSLModel
 
 FILES = ("backbone.safetensors", "heads.safetensors", "trainer.safetensors", "meta.json")
+_verify = {"enabled": True}
+
+
+def set_verification(enabled: bool) -> None:
+    """Whether loads check the SHA-256 recorded in meta.json (on by default)."""
+    _verify["enabled"] = enabled
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -91,7 +109,8 @@ def save_checkpoint(
     save_file(_contiguous(backbone), tmp / "backbone.safetensors", metadata={"format": "pt"})
     save_file(_contiguous(heads), tmp / "heads.safetensors")
     save_file(_contiguous({**opt_tensors, **rng}), tmp / "trainer.safetensors")
-    meta = {"hicl": hicl.__version__, **progress, "optimizer": opt_meta}
+    hashes = {name: file_sha256(tmp / name) for name in FILES if name.endswith(".safetensors")}
+    meta = {"hicl": hicl.__version__, **progress, "optimizer": opt_meta, "sha256": hashes}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     if directory.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -108,18 +127,51 @@ def find_checkpoint(directory: Path) -> Path | None:
     return None
 
 
-def _load(path: Path) -> dict[str, torch.Tensor]:
+def read_meta(found: Path) -> dict[str, Any]:
+    """meta.json of a complete checkpoint directory, checked for the keys a load needs."""
+    path = found / "meta.json"
     try:
-        return load_file(path)
-    except (SafetensorError, OSError) as exc:
-        raise HiclError(f"{path}: not a readable safetensors file ({exc})") from None
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise HiclError(f"{path}: not valid JSON (truncated or edited?)") from None
+    if not isinstance(meta, dict):
+        raise HiclError(f"{path}: expected a JSON object")
+    missing = [k for k in ("epoch", "step", "optimizer") if k not in meta]
+    if missing or not isinstance(meta["epoch"], int) or not isinstance(meta["step"], int):
+        raise HiclError(f"{path}: {'missing key ' + repr(missing[0]) if missing else 'epoch/step are not integers'}")
+    return meta
 
 
-def load_backbone_state(directory: Path) -> dict[str, torch.Tensor]:
+def checkpoint_progress(directory: Path) -> dict[str, int]:
+    """(epoch, step) the checkpoint in `directory` has reached."""
+    found = _require(directory)
+    meta = read_meta(found)
+    return {"epoch": meta["epoch"], "step": meta["step"]}
+
+
+def _require(directory: Path) -> Path:
     found = find_checkpoint(directory)
     if found is None:
         raise HiclError(f"{directory}: no complete checkpoint (expected {', '.join(FILES)})")
-    return _load(found / "backbone.safetensors")
+    return found
+
+
+def _load(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    expected = meta.get("sha256", {}).get(path.name) if isinstance(meta.get("sha256"), dict) else None
+    if _verify["enabled"] and expected is not None and file_sha256(path) != expected:
+        raise HiclError(
+            f"{path}: SHA-256 does not match the one recorded in meta.json (the file is corrupt or was "
+            "changed); pass --no-verify to load it anyway"
+        )
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as exc:
+        raise HiclError(f"{path}: not a readable safetensors file ({str(exc)[:200]})") from None
+
+
+def load_backbone_state(directory: Path) -> dict[str, torch.Tensor]:
+    found = _require(directory)
+    return _load(found / "backbone.safetensors", read_meta(found))
 
 
 def load_checkpoint(
@@ -129,11 +181,10 @@ def load_checkpoint(
     generators: dict[str, torch.Generator],
 ) -> dict[str, Any]:
     """Restore model, optimiser and generators in place; returns the progress (epoch, step)."""
-    found = find_checkpoint(directory)
-    if found is None:
-        raise HiclError(f"{directory}: no complete checkpoint (expected {', '.join(FILES)})")
-    backbone = _load(found / "backbone.safetensors")
-    state = {backbone_prefix(model) + k: v for k, v in backbone.items()} | _load(found / "heads.safetensors")
+    found = _require(directory)
+    meta = read_meta(found)
+    backbone = _load(found / "backbone.safetensors", meta)
+    state = {backbone_prefix(model) + k: v for k, v in backbone.items()} | _load(found / "heads.safetensors", meta)
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:
@@ -142,10 +193,12 @@ def load_checkpoint(
     if result.missing_keys or result.unexpected_keys:
         wrong = (result.missing_keys or result.unexpected_keys)[0]
         raise HiclError(f"{found}: checkpoint does not match the manifest's model (first mismatch: {wrong})")
-    meta = json.loads((found / "meta.json").read_text())
-    trainer = _load(found / "trainer.safetensors")
-    _restore_optimizer(optimizer, trainer, meta["optimizer"])
-    for name, generator in generators.items():
-        generator.set_state(trainer[f"rng.{name}"])
-    torch.set_rng_state(trainer["rng.torch"])
+    trainer = _load(found / "trainer.safetensors", meta)
+    try:
+        _restore_optimizer(optimizer, trainer, meta["optimizer"])
+        for name, generator in generators.items():
+            generator.set_state(trainer[f"rng.{name}"])
+        torch.set_rng_state(trainer["rng.torch"])
+    except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as exc:
+        raise HiclError(f"{found}: trainer state does not match the manifest's optimiser ({str(exc)[:200]})") from None
     return {"epoch": meta["epoch"], "step": meta["step"]}

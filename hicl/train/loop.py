@@ -24,10 +24,12 @@ from hicl.errors import HiclError
 from hicl.manifest import Manifest
 from hicl.models.network import build_model
 from hicl.plots import save_loss_plot
-from hicl.runs import RunDir
+from hicl.runs import RunDir, releases_run_locks
 from hicl.train.checkpoint import load_checkpoint, save_checkpoint
 from hicl.train.device import autocast, prepare_model, resolve_device, view_dtype
+from hicl.train.health import check_health
 from hicl.train.optim import build_optimizer, lr_at, scaled_lr, set_lr
+from hicl.train.progress import LineProgress
 
 ORDER_SEED_OFFSET = 1
 AUGMENT_SEED_OFFSET = 2
@@ -44,6 +46,8 @@ class PretrainResult:
 
 
 def progress_bar(console: Console, enabled: bool) -> Progress:
+    if enabled and not console.is_terminal:
+        return LineProgress(console)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -75,6 +79,7 @@ def skipped_line(train: TrainData) -> str:
     return f"; skipped {count} unreadable file{'s' * (count != 1)} (listed in env.json)" if count else ""
 
 
+@releases_run_locks
 def pretrain(
     manifest: Manifest,
     *,
@@ -87,6 +92,7 @@ def pretrain(
     if manifest.runtime.threads:
         torch.set_num_threads(manifest.runtime.threads)
     device = resolve_device(manifest.runtime)
+    RunDir(manifest.run_dir).check_can_start(resume, overwrite)
 
     train = TrainData(manifest.data, device)
     batch_size = manifest.optim.batch_size
@@ -107,11 +113,11 @@ def pretrain(
     run.start(manifest, resume=resume, overwrite=overwrite)
     data_record = {"fingerprint": split_fingerprint(train.split), "loading": train.describe()}
     run.write_env(manifest, device, data_record | skipped_record(train))
-    console.print(f"data: {train.describe()}{skipped_line(train)}")
     start_epoch = 0
     if resume:
         start_epoch = load_checkpoint(run.last_checkpoint, model, optimizer, generators)["epoch"]
         run.truncate_metrics(after_step=start_epoch * steps_per_epoch)
+    console.print(f"data: {train.describe()}{skipped_line(train)}")
 
     epochs = manifest.schedule.epochs
     total_steps = epochs * steps_per_epoch
@@ -126,6 +132,7 @@ def pretrain(
         for epoch in range(start_epoch, epochs):
             # Summed on the device: reading a loss back every step would stall a GPU run.
             epoch_loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            epoch_stage_sum = torch.zeros(manifest.hierarchy.num_stages, dtype=torch.float64, device=device)
             tick, seen, skipped_before = time.perf_counter(), 0, len(train.skipped)
             for source in train.epoch(generators["order"], batch_size):
                 lr = lr_at(step, total_steps, warmup_steps, base_lr)
@@ -140,6 +147,7 @@ def pretrain(
                 model.after_optimizer_step(step, total_steps)
                 step += 1
                 epoch_loss_sum += loss.detach()
+                epoch_stage_sum += stage_losses.detach()
                 seen += len(source.images)
 
                 if step % manifest.runtime.log_every == 0 or step == total_steps:
@@ -156,13 +164,16 @@ def pretrain(
 
             rate = seen / (time.perf_counter() - tick)
             epoch_loss = check_finite(epoch_loss_sum.item() / steps_per_epoch, step)
-            run.log({"kind": "epoch", "epoch": epoch, "step": step, "loss": epoch_loss, "images_per_s": rate})
+            run.log({"kind": "epoch", "epoch": epoch, "step": step, "lr": lr, "loss": epoch_loss,
+                     "stage_losses": (epoch_stage_sum / steps_per_epoch).tolist(), "images_per_s": rate})
             if len(train.skipped) > skipped_before:
                 run.write_env(manifest, device, data_record | skipped_record(train))
                 console.print(f"data: epoch {epoch + 1}{skipped_line(train)}")
             if (epoch + 1) % manifest.runtime.checkpoint_every == 0 or epoch + 1 == epochs:
+                check_health(model, step, run.read_metrics())
                 save_checkpoint(run.last_checkpoint, model, optimizer, generators, {"epoch": epoch + 1, "step": step})
 
     wall = time.perf_counter() - started
     save_loss_plot(run.read_metrics(), run.results / "loss.png")
-    return PretrainResult(run.path, epochs, step, loss_value, rate, wall)
+    average_rate = (step - start_epoch * steps_per_epoch) * batch_size / wall if wall > 0 else 0.0
+    return PretrainResult(run.path, epochs, step, loss_value, average_rate, wall)
