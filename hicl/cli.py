@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 from pathlib import Path
@@ -11,6 +12,7 @@ import typer
 from rich.console import Console
 
 from hicl.errors import HiclError
+from hicl.export import EXPORTERS
 
 app = typer.Typer(
     help="Hierarchical augmentation invariance with expanded views: self-supervised pretraining of timm backbones.",
@@ -27,6 +29,8 @@ ManifestArg = Annotated[Path, typer.Argument(help="Run manifest (YAML).")]
 RunArg = Annotated[Path, typer.Argument(help="Run directory, or the manifest that names it.")]
 
 F = TypeVar("F", bound=Callable)
+# The --format choices, from the exporter registry (typer lists an Enum's values in --help and checks them).
+ExportFormatName = enum.Enum("ExportFormatName", {name: name for name in EXPORTERS}, type=str)
 
 
 def user_errors(fn: F) -> F:
@@ -51,6 +55,10 @@ def pretrain(
     resume: Annotated[bool, typer.Option(help="Continue the run from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Delete an existing run directory first.")] = False,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(help="Start from the model weights of a `hicl export --format hicl` folder (fresh optimiser)."),
+    ] = None,
 ) -> None:
     """Pretrain a backbone as the manifest says; writes the run directory."""
     from hicl.evaluate.linear import linear_eval, render_linear_eval
@@ -58,9 +66,13 @@ def pretrain(
     from hicl.runs import RunDir
     from hicl.train.loop import pretrain as run_pretrain
 
+    if resume and init_from is not None:
+        raise HiclError("--init-from: a resumed run continues from its own checkpoint; pass --resume or --init-from")
     resolved = load_manifest(manifest, set_)
     try:
-        result = run_pretrain(resolved, resume=resume, overwrite=overwrite, console=console, show_progress=progress)
+        result = run_pretrain(
+            resolved, resume=resume, overwrite=overwrite, console=console, show_progress=progress, init_from=init_from
+        )
     except KeyboardInterrupt:
         typer.echo(f"interrupted; continue with: hicl pretrain {manifest} --resume", err=True)
         raise typer.Exit(130) from None
@@ -87,19 +99,23 @@ def linear_eval_command(run: RunArg, set_: Overrides = None) -> None:
 @user_errors
 def export(
     run: RunArg,
-    out: Annotated[Path, typer.Option(help="Output directory.")],
-    format: Annotated[str, typer.Option(help="Export format: timm.")] = "timm",
+    out: Annotated[Path, typer.Option(help="Output folder (new or empty; an earlier export only with --overwrite).")],
+    format: Annotated[
+        ExportFormatName,
+        typer.Option(help="; ".join(f"{f.name}: {f.summary}" for f in EXPORTERS.values()) + "."),
+    ] = ExportFormatName.timm,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out (only the files it wrote).")] = False,
+    pth: Annotated[bool, typer.Option(help="torchvision: also write the .pth file.")] = False,
     set_: Overrides = None,
 ) -> None:
-    """Export the pretrained backbone's weights for another tool."""
-    from hicl.export import FORMATS, export_timm
-    from hicl.runs import open_run
+    """Export the pretrained backbone (or the whole model) for another tool; prints the files written."""
+    from hicl.export.base import ExportOptions, human_size, run_export
 
-    if format not in FORMATS:
-        raise HiclError(f"--format: unknown format {format!r}; expected one of {', '.join(FORMATS)}")
-    run_dir, manifest = open_run(run, set_)
-    weights = export_timm(manifest, run_dir, out)
-    console.print(f"wrote {weights} (see {out / 'export.json'} for how to load it)")
+    result = run_export(run, format.value, out, overwrite=overwrite, options=ExportOptions(pth=pth), overrides=set_)
+    for path in result.files:
+        typer.echo(f"wrote {path} ({human_size(path.stat().st_size)})")
+    for line in result.notes:
+        typer.echo(line)
 
 
 @app.command("probe-invariance")

@@ -71,6 +71,7 @@ def pretrain(
     overwrite: bool = False,
     console: Console | None = None,
     show_progress: bool = True,
+    init_from: Path | None = None,
 ) -> PretrainResult:
     console = console or Console(stderr=True)
     if manifest.runtime.threads:
@@ -86,6 +87,10 @@ def pretrain(
     torch.manual_seed(manifest.seed)
     augmenter = StageAugmenter(manifest.hierarchy, manifest.augment, manifest.view_size, view_dtype(manifest.runtime))
     model = build_model(manifest, augmenter.embed_dim).to(device)
+    if init_from is not None:
+        from hicl.export.hicl_state import init_model_from  # only this option needs the export layer
+
+        init_model_from(model, init_from)
     optimizer = build_optimizer(manifest.optim, model, model.method.fixed_lr_parameters())
     generators = {
         "order": torch.Generator().manual_seed(manifest.seed + ORDER_SEED_OFFSET),
