@@ -4,14 +4,15 @@
                          [batch, num_features] (the global-pooled features); the batch axis is dynamic
 
 Exported with torch's TorchScript-based exporter (`dynamo=False`) at opset 17: in torch 2.9+ the default
-(dynamo) exporter needs the extra `onnxscript` package, while this one needs nothing beyond torch and
-gives the same graph for these backbones. With onnxruntime (`pip install 'hicl[onnx]'`) the export is
-run on a test batch of another size than the one traced (so the dynamic batch axis is exercised too),
-and the max abs difference to PyTorch is reported.
+(dynamo) exporter also needs the `onnxscript` package, this one only `onnx`, and for these feed-forward
+backbones both give a plain graph. `pip install 'hicl[onnx]'` installs onnx and onnxruntime; with
+onnxruntime the export is run on a test batch of another size than the one traced (so the dynamic batch
+axis is exercised too) and the max abs difference to PyTorch is reported.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 from pathlib import Path
 
@@ -26,7 +27,9 @@ TRACE_BATCH, CHECK_BATCH = 2, 3
 
 
 def check(source: ExportSource, options: ExportOptions) -> None:
-    """Any backbone: the graph carries its architecture, small stem included."""
+    """Any backbone (the graph carries its architecture, small stem included); torch's exporter needs `onnx`."""
+    if importlib.util.find_spec("onnx") is None:
+        raise HiclError("--format onnx: the onnx package is not installed; pip install 'hicl[onnx]'")
 
 
 def onnxruntime_max_abs_diff(path: Path, model: torch.nn.Module, size: int) -> float | None:
@@ -48,21 +51,18 @@ def export(source: ExportSource, out: Path, options: ExportOptions) -> ExportRes
     size = source.manifest.view_size
     path = out / GRAPH
     example = torch.zeros(TRACE_BATCH, 3, size, size)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                dynamo=False,
-                opset_version=OPSET,
-                input_names=["images"],
-                output_names=["features"],
-                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
-            )
-    except ImportError as exc:
-        raise HiclError(f"--format onnx: {exc.name or exc} is missing; pip install 'hicl[onnx]'") from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["images"],
+            output_names=["features"],
+            dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+        )
     _add_metadata(path, source.metadata())
     diff = onnxruntime_max_abs_diff(path, model, size)
     normalize = source.manifest.augment.normalize
@@ -81,11 +81,9 @@ def export(source: ExportSource, out: Path, options: ExportOptions) -> ExportRes
 
 
 def _add_metadata(path: Path, metadata: dict[str, str]) -> None:
-    """Provenance as ONNX metadata_props, when the onnx package is there to edit the graph."""
-    try:
-        import onnx
-    except ImportError:
-        return
+    """Provenance as ONNX metadata_props."""
+    import onnx
+
     graph = onnx.load(str(path))
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=value)
