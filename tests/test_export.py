@@ -19,7 +19,8 @@ from hicl.augment.hierarchy import StageAugmenter
 from hicl.cli import app
 from hicl.evaluate.features import pretrained_backbone
 from hicl.export import EXPORTERS
-from hicl.export.detectron2_resnet import detectron2_state
+from hicl.export.detectron2_resnet import detectron2_key, detectron2_state
+from hicl.export.resnet_family import RESNETS
 from hicl.models.network import build_model
 from hicl.runs import RunDir
 from hicl.train import loop as loop_module
@@ -145,6 +146,24 @@ def test_torchvision_and_detectron2_name_the_architectures_they_support(runs, tm
         line = result.output.strip()
         assert "\n" not in line and "regnetx_002" in line and "resnet50" in line and "wide_resnet50_2" in line
         assert not (tmp_path / fmt).exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("name", list(RESNETS))
+def test_resnet_family_table_matches_timm_and_torchvision(name):
+    """Same keys and shapes in timm and torchvision (built on the meta device: no memory, no init cost),
+    and detectron2's RESNETS values read off the timm model itself."""
+    spec = RESNETS[name]
+    with torch.device("meta"):
+        mine = timm.create_model(name, num_classes=0)
+        theirs = torchvision.models.get_model(name, weights=None)
+    shapes = {k: v.shape for k, v in mine.state_dict().items()}
+    assert shapes == {k: v.shape for k, v in theirs.state_dict().items() if not k.startswith("fc.")}
+    first = mine.layer1[0]
+    assert first.conv2.groups == spec.num_groups
+    assert first.conv2.in_channels == spec.num_groups * spec.width_per_group
+    last_conv = mine.layer1[-1].conv2 if spec.depth in (18, 34) else mine.layer1[-1].conv3
+    assert last_conv.out_channels == spec.res2_out_channels
+    assert len({detectron2_key(k) for k in shapes}) == len(shapes)  # every key maps, none collide
 
 
 RESNET50_BLOCKS = {2: 3, 3: 4, 4: 6, 5: 3}
