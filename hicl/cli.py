@@ -104,7 +104,7 @@ def export(
         ExportFormatName,
         typer.Option(help="; ".join(f"{f.name}: {f.summary}" for f in EXPORTERS.values()) + "."),
     ] = ExportFormatName.timm,
-    overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out (only the files it wrote).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out (only its files).")] = False,
     pth: Annotated[bool, typer.Option(help="torchvision: also write the .pth file.")] = False,
     set_: Overrides = None,
 ) -> None:

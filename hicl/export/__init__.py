@@ -24,8 +24,8 @@ EXPORTERS: dict[str, ExportFormat] = {
     f.name: f
     for f in (
         ExportFormat("timm", "folder for timm.create_model('local-dir:OUT')", "hicl.export.timm_folder"),
-        ExportFormat("torchvision", "ResNet-family state dict for torchvision.models", "hicl.export.torchvision_resnet"),
-        ExportFormat("detectron2", "ResNet backbone as a detectron2 .pkl + config values", "hicl.export.detectron2_resnet"),
+        ExportFormat("torchvision", "ResNet state dict for torchvision.models", "hicl.export.torchvision_resnet"),
+        ExportFormat("detectron2", "ResNet as a detectron2 .pkl + config values", "hicl.export.detectron2_resnet"),
         ExportFormat("onnx", "feature extractor graph with a dynamic batch axis", "hicl.export.onnx_model"),
         ExportFormat("hicl", "full SSL model + manifest, for `hicl pretrain --init-from`", "hicl.export.hicl_state"),
     )

@@ -33,14 +33,14 @@ from hicl.export.resnet_family import ResNetSpec, resnet_spec
 
 WEIGHTS = "model.pkl"
 CONFIG = "config.yaml"
-RULES = [
-    (re.compile(r"^conv1\.(.+)$"), r"stem.conv1.\1"),
-    (re.compile(r"^bn1\.(.+)$"), r"stem.conv1.norm.\1"),
-    (re.compile(r"^layer(\d)\.(\d+)\.conv(\d)\.(.+)$"), r"res{stage}.\2.conv\3.\4"),
-    (re.compile(r"^layer(\d)\.(\d+)\.bn(\d)\.(.+)$"), r"res{stage}.\2.conv\3.norm.\4"),
-    (re.compile(r"^layer(\d)\.(\d+)\.downsample\.0\.(.+)$"), r"res{stage}.\2.shortcut.\3"),
-    (re.compile(r"^layer(\d)\.(\d+)\.downsample\.1\.(.+)$"), r"res{stage}.\2.shortcut.norm.\3"),
-]
+STEM_MODULES = {"conv1": "stem.conv1", "bn1": "stem.conv1.norm"}
+BLOCK_MODULES = {
+    "conv1": "conv1", "conv2": "conv2", "conv3": "conv3",
+    "bn1": "conv1.norm", "bn2": "conv2.norm", "bn3": "conv3.norm",
+    "downsample.0": "shortcut", "downsample.1": "shortcut.norm",
+}  # fmt: skip
+BLOCK_KEY = re.compile(r"^layer(\d)\.(\d+)\.(conv\d|bn\d|downsample\.[01])\.(\w+)$")
+STEM_KEY = re.compile(r"^(conv1|bn1)\.(\w+)$")
 
 
 def check(source: ExportSource, options: ExportOptions) -> None:
@@ -48,11 +48,12 @@ def check(source: ExportSource, options: ExportOptions) -> None:
 
 
 def detectron2_key(key: str) -> str:
-    for pattern, replacement in RULES:
-        match = pattern.match(key)
-        if match:
-            stage = int(match.group(1)) + 1 if key.startswith("layer") else 0
-            return match.expand(replacement.replace("{stage}", str(stage)))
+    stem, block = STEM_KEY.match(key), BLOCK_KEY.match(key)
+    if stem and stem.group(1) in STEM_MODULES:
+        return f"{STEM_MODULES[stem.group(1)]}.{stem.group(2)}"
+    if block and block.group(3) in BLOCK_MODULES:
+        stage, index, module, leaf = block.groups()
+        return f"res{int(stage) + 1}.{index}.{BLOCK_MODULES[module]}.{leaf}"
     raise ValueError(f"{key}: not a ResNet key detectron2 knows")
 
 

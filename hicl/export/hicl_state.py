@@ -69,6 +69,7 @@ def init_model_from(model: nn.Module, path: Path) -> Manifest:
         first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
         raise HiclError(f"--init-from: {path} does not fit: {first}; {hint}") from None
     if result.missing_keys or result.unexpected_keys:
-        kind, key = ("missing", result.missing_keys[0]) if result.missing_keys else ("unexpected", result.unexpected_keys[0])
-        raise HiclError(f"--init-from: {path} does not fit ({kind} {key}); {hint}")
+        missing, unexpected = result.missing_keys, result.unexpected_keys
+        first = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise HiclError(f"--init-from: {path} does not fit ({first}); {hint}")
     return manifest
