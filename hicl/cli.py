@@ -67,7 +67,7 @@ def pretrain(
     from hicl.train.loop import pretrain as run_pretrain
 
     if resume and init_from is not None:
-        raise HiclError("--init-from: a resumed run continues from its own checkpoint; pass --resume or --init-from")
+        raise HiclError("--init-from: a resumed run continues from its own checkpoint; pass either --resume or --init-from")
     resolved = load_manifest(manifest, set_)
     try:
         result = run_pretrain(
