@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import os
@@ -14,6 +15,7 @@ import typer
 from rich.console import Console
 
 from hicl.errors import HiclError
+from hicl.export import EXPORTERS
 
 app = typer.Typer(
     help="Hierarchical augmentation invariance with expanded views: self-supervised pretraining of timm backbones.",
@@ -33,6 +35,8 @@ NoVerify = Annotated[
 ]
 
 F = TypeVar("F", bound=Callable)
+# The --format choices, from the exporter registry (typer lists an Enum's values in --help and checks them).
+ExportFormatName = enum.Enum("ExportFormatName", {name: name for name in EXPORTERS}, type=str)
 
 
 def _one_line(text: str, limit: int = 1000) -> str:
@@ -107,6 +111,10 @@ def pretrain(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run (only the files hicl wrote).")] = False,
     progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
     no_verify: NoVerify = False,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(help="Start from the model weights of a `hicl export --format hicl` folder (fresh optimiser)."),
+    ] = None,
 ) -> None:
     """Pretrain a backbone as the manifest says; writes the run directory."""
     from hicl.evaluate.linear import linear_eval, render_linear_eval
@@ -118,6 +126,8 @@ def pretrain(
 
     if resume and overwrite:
         raise HiclError("--resume and --overwrite exclude each other: continue the run, or start it afresh")
+    if resume and init_from is not None:
+        raise HiclError("--init-from: a resumed run continues from its own checkpoint; pass either --resume or --init-from")
     set_verification(not no_verify)
     if manifest.is_dir():
         if not resume:
@@ -126,7 +136,9 @@ def pretrain(
     else:
         resolved = load_manifest(manifest, set_)
     try:
-        result = run_pretrain(resolved, resume=resume, overwrite=overwrite, console=console, show_progress=progress)
+        result = run_pretrain(
+            resolved, resume=resume, overwrite=overwrite, console=console, show_progress=progress, init_from=init_from
+        )
     except KeyboardInterrupt:
         typer.echo(_interrupted_hint(manifest, set_, resolved.run_dir), err=True)
         raise typer.Exit(130) from None
@@ -160,26 +172,32 @@ def linear_eval_command(run: RunArg, set_: Overrides = None, no_verify: NoVerify
 @user_errors
 def export(
     run: RunArg,
-    out: Annotated[Path, typer.Option(help="Output directory.")],
-    format: Annotated[str, typer.Option(help="Export format: timm.")] = "timm",
+    out: Annotated[Path, typer.Option(help="Output folder (new or empty; an earlier export only with --overwrite).")],
+    format: Annotated[
+        ExportFormatName,
+        typer.Option(help="; ".join(f"{f.name}: {f.summary}" for f in EXPORTERS.values()) + "."),
+    ] = ExportFormatName.timm,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out (only its files).")] = False,
+    pth: Annotated[bool, typer.Option(help="torchvision: also write the .pth file.")] = False,
     set_: Overrides = None,
     no_verify: NoVerify = False,
 ) -> None:
-    """Export the pretrained backbone's weights for another tool."""
-    from hicl.export import FORMATS, export_timm
+    """Export the pretrained backbone (or the whole model) for another tool; prints the files written."""
+    from hicl.export.base import ExportOptions, human_size, run_export
     from hicl.lock import RunLock
     from hicl.runs import open_run
     from hicl.train.checkpoint import set_verification
 
-    if format not in FORMATS:
-        raise HiclError(f"--format: unknown format {format[:100]!r}; expected one of {', '.join(FORMATS)}")
     set_verification(not no_verify)
-    run_dir, manifest = open_run(run, set_)
+    run_dir, _ = open_run(run, set_)
     if not run_dir.path.is_dir():
         raise HiclError(f"{run_dir.path}: no such run directory (run hicl pretrain first)")
     with RunLock(run_dir.path, read_only_ok=True):
-        weights = export_timm(manifest, run_dir, out)
-    console.print(f"wrote {weights} (see {out / 'export.json'} for how to load it)")
+        result = run_export(run, format.value, out, overwrite=overwrite, options=ExportOptions(pth=pth), overrides=set_)
+    for path in result.files:
+        typer.echo(f"wrote {path} ({human_size(path.stat().st_size)})")
+    for line in result.notes:
+        typer.echo(line)
 
 
 @app.command("probe-invariance")

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
-from hicl.config import MAX_BATCH, MAX_EPOCHS, MAX_IMAGES, MAX_SIZE, MAX_WIDTH, PositiveInt, Probability, Section
+from hicl.config import MAX_BATCH, MAX_EPOCHS, MAX_SIZE, MAX_WIDTH, PositiveInt, Probability, Section
 from hicl.data import SOURCES, DataConfig
 from hicl.data.synthetic import SyntheticSource
 from hicl.errors import HiclError
@@ -358,13 +358,6 @@ def _without_union_tags(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     if len(loc) > 1 and loc[0] in tags and loc[1] in tags[loc[0]]:
         return loc[:1] + loc[2:]
     return loc
-
-
-def format_validation_error(exc: ValidationError, source: str) -> str:
-    """One line: `source: field.path: what was expected (got value)` for each problem."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in _without_union_tags(err["loc"])) or "manifest"
 
 
 def _shown(value: Any, limit: int = 200) -> str:

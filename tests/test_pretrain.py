@@ -166,7 +166,7 @@ def test_linear_eval_and_timm_export_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(exported(x), mine.eval()(x))
         assert not torch.allclose(exported(x), fresh(x))  # the weights were really loaded
-    assert json.loads((out / "export.json").read_text())["model"] == "regnetx_002"
+    assert json.loads((out / "export.json").read_text())["architecture"] == "regnetx_002"
 
 
 def test_export_unknown_format_and_missing_run(tmp_path):

@@ -174,6 +174,11 @@ def load_backbone_state(directory: Path) -> dict[str, torch.Tensor]:
     return _load(found / "backbone.safetensors", read_meta(found))
 
 
+def load_heads_state(directory: Path) -> dict[str, torch.Tensor]:
+    found = _require(directory)
+    return _load(found / "heads.safetensors", read_meta(found))
+
+
 def load_checkpoint(
     directory: Path,
     model: SSLModel,

@@ -87,6 +87,7 @@ def pretrain(
     overwrite: bool = False,
     console: Console | None = None,
     show_progress: bool = True,
+    init_from: Path | None = None,
 ) -> PretrainResult:
     console = console or Console(stderr=True)
     if manifest.runtime.threads:
@@ -102,7 +103,12 @@ def pretrain(
 
     torch.manual_seed(manifest.seed)
     augmenter = StageAugmenter(manifest.hierarchy, manifest.augment, manifest.view_size, view_dtype(manifest.runtime))
-    model = prepare_model(build_model(manifest, augmenter.embed_dim), manifest.runtime, device)
+    model = build_model(manifest, augmenter.embed_dim)
+    if init_from is not None:
+        from hicl.export.hicl_state import init_model_from  # only this option needs the export layer
+
+        init_model_from(model, init_from)
+    model = prepare_model(model, manifest.runtime, device)
     optimizer = build_optimizer(manifest.optim, model, model.method.fixed_lr_parameters())
     generators = {
         "order": torch.Generator().manual_seed(manifest.seed + ORDER_SEED_OFFSET),

@@ -1,0 +1,32 @@
+"""`hicl export`: the pretrained backbone (or the whole SSL model) in formats other tools load.
+
+One module per format, registered once in `EXPORTERS`; the CLI's `--format` choices and help come from
+it. Each module provides `check(source, options)` (refuse before anything is written) and
+`export(source, out, options) -> ExportResult`; `hicl.export.base.run_export` does the rest (opening
+the run, the output folder, `export.json`, cleaning up after a failed export).
+
+Adding a format: one module with those two functions, one `ExportFormat` line here, tests, docs/export.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    name: str
+    summary: str
+    module: str  # imported only when used: `hicl --help` must not pay for torch, timm and onnx
+
+
+EXPORTERS: dict[str, ExportFormat] = {
+    f.name: f
+    for f in (
+        ExportFormat("timm", "folder for timm.create_model('local-dir:OUT')", "hicl.export.timm_folder"),
+        ExportFormat("torchvision", "ResNet state dict for torchvision.models", "hicl.export.torchvision_resnet"),
+        ExportFormat("detectron2", "ResNet as a detectron2 .pkl + config values", "hicl.export.detectron2_resnet"),
+        ExportFormat("onnx", "feature extractor graph with a dynamic batch axis", "hicl.export.onnx_model"),
+        ExportFormat("hicl", "full SSL model + manifest, for `hicl pretrain --init-from`", "hicl.export.hicl_state"),
+    )
+}
