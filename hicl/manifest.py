@@ -269,6 +269,23 @@ class EvalConfig(Section):
     weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
     random_init_baseline: bool = Field(True, description="also evaluate the same backbone at random init")
     after_pretrain: bool = Field(False, description="run linear-eval at the end of pretrain")
+    protocol: Literal["fast", "paper"] = Field(
+        "fast",
+        description="fast: cached features, no augmentation; paper: SGD on augmented views (random-resized-crop"
+        " + flip), lr x0.1 at each milestone, center crop at test (set lr, e.g. 30 for ResNet-50 on ImageNet)",
+    )
+    stage: str = Field("last", description="features to evaluate: last, all, a 1-based stage index or a stage name")
+    milestones: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(
+        [0.6, 0.8], description="paper protocol: fractions of the epochs at which the lr is multiplied by 0.1"
+    )
+    crop_scale: tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
+        (0.08, 1.0), description="paper protocol: random-resized-crop area range for training images"
+    )
+    center_crop: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        0.875, description="paper protocol: side of the central test crop as a fraction of the image (224/256)"
+    )
+    knn_k: PositiveInt = Field(200, description="hicl knn: neighbours")
+    knn_temperature: Annotated[float, Field(gt=0.0)] = Field(0.1, description="hicl knn: temperature of exp(sim/T)")
 
 
 class OutputConfig(Section):
