@@ -287,6 +287,12 @@ class EvalConfig(Section):
     knn_k: PositiveInt = Field(200, description="hicl knn: neighbours")
     knn_temperature: Annotated[float, Field(gt=0.0)] = Field(0.1, description="hicl knn: temperature of exp(sim/T)")
 
+    @field_validator("stage", mode="before")
+    @classmethod
+    def _stage_index(cls, stage: object) -> object:
+        # `--set eval.stage=2` and YAML `stage: 2` read the index as a number
+        return str(stage) if isinstance(stage, int) and not isinstance(stage, bool) else stage
+
 
 class OutputConfig(Section):
     dir: Path = Path("runs")

@@ -24,12 +24,14 @@ def separable(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def test_linearly_separable_features_reach_100_and_shuffled_labels_chance():
     train_x, train_y = separable(600, 0)
     test_x, test_y = separable(400, 1)
-    cfg = EvalConfig(epochs=30, batch_size=64)
+    cfg = EvalConfig(epochs=10, batch_size=64)
     scores = fit_linear_probes(train_x, {"y": train_y}, test_x, {"y": test_y}, {"y": 4}, cfg, seed=0)
     assert scores["y"].top1 > 0.99
-    shuffled = train_y[torch.randperm(600, generator=torch.Generator().manual_seed(3))]
-    scores = fit_linear_probes(train_x, {"y": shuffled}, test_x, {"y": test_y}, {"y": 4}, cfg, seed=0)
-    assert abs(scores["y"].top1 - 0.25) < 0.08
+    # labels shuffled in both splits: no longer a function of the features
+    g = torch.Generator().manual_seed(3)
+    shuffled_train, shuffled_test = train_y[torch.randperm(600, generator=g)], test_y[torch.randperm(400, generator=g)]
+    scores = fit_linear_probes(train_x, {"y": shuffled_train}, test_x, {"y": shuffled_test}, {"y": 4}, cfg, seed=0)
+    assert abs(scores["y"].top1 - 0.25) < 0.07
 
 
 def test_step_decay_multiplies_by_a_tenth_at_each_milestone():
@@ -43,9 +45,9 @@ def tiny_run(tmp_path_factory):
     runner = CliRunner()
     manifest = tmp / "m.yaml"
     manifest.write_text(
-        f"name: tiny\\noutput: {{dir: {tmp}}}\\ndata: {{image_size: 16, synthetic: {{num_train: 64, num_test: 32}}}}\\n"
-        "backbone: {name: resnet18}\\nmethod: {name: simsiam, proj_hidden_dim: 32, proj_dim: 32, pred_hidden_dim: 16}\\n"
-        "optim: {batch_size: 32}\\nschedule: {epochs: 1}\\neval: {epochs: 2, batch_size: 32, random_init_baseline: false}\\n"
+        f"name: tiny\noutput: {{dir: {tmp}}}\ndata: {{image_size: 16, synthetic: {{num_train: 64, num_test: 32}}}}\n"
+        "backbone: {name: resnet18}\nmethod: {name: simsiam, proj_hidden_dim: 32, proj_dim: 32, pred_hidden_dim: 16}\n"
+        "optim: {batch_size: 32}\nschedule: {epochs: 1}\neval: {epochs: 2, batch_size: 32, random_init_baseline: false}\n"
     )
     result = runner.invoke(app, ["pretrain", str(manifest), "--no-progress"])
     assert result.exit_code == 0, result.output
