@@ -153,19 +153,42 @@ def pretrain(
 
 @app.command("linear-eval")
 @user_errors
-def linear_eval_command(run: RunArg, set_: Overrides = None, no_verify: NoVerify = False) -> None:
-    """Linear classifiers on frozen features, per label head; writes results/linear_eval.json."""
+def linear_eval_command(
+    run: RunArg,
+    set_: Overrides = None,
+    stage: Annotated[str | None, typer.Option(help="last, all, a 1-based stage index or name (eval.stage).")] = None,
+    protocol: Annotated[str | None, typer.Option(help="fast or paper (eval.protocol).")] = None,
+    no_verify: NoVerify = False,
+) -> None:
+    """Linear classifiers on frozen features, per label head and stage; writes results/linear_eval.json."""
     from hicl.evaluate.linear import linear_eval, render_linear_eval
     from hicl.lock import RunLock
     from hicl.runs import open_run
     from hicl.train.checkpoint import set_verification
 
     set_verification(not no_verify)
-    run_dir, manifest = open_run(run, set_)
+    extra = [f"eval.stage={stage}"] * (stage is not None) + [f"eval.protocol={protocol}"] * (protocol is not None)
+    run_dir, manifest = open_run(run, [*(set_ or []), *extra])
     if not run_dir.path.is_dir():
         raise HiclError(f"{run_dir.path}: no such run directory (run hicl pretrain first)")
     with RunLock(run_dir.path):
         Console().print(render_linear_eval(linear_eval(manifest, run_dir, console)))
+
+
+@app.command()
+@user_errors
+def knn(
+    run: RunArg,
+    set_: Overrides = None,
+    stage: Annotated[str | None, typer.Option(help="last, all, a 1-based stage index or name (eval.stage).")] = None,
+) -> None:
+    """Weighted kNN (eval.knn_k, eval.knn_temperature) on frozen features; writes results/knn.json."""
+    from hicl.evaluate.knn_eval import knn_eval
+    from hicl.evaluate.linear import render_linear_eval
+    from hicl.runs import open_run
+
+    run_dir, manifest = open_run(run, [*(set_ or []), *([f"eval.stage={stage}"] if stage is not None else [])])
+    Console().print(render_linear_eval(knn_eval(manifest, run_dir, console), title="weighted kNN"))
 
 
 @app.command()
@@ -202,10 +225,32 @@ def export(
 
 @app.command("probe-invariance")
 @user_errors
-def probe_invariance(run: RunArg) -> None:
-    """Per-stage invariance analysis (not available in this version)."""
-    typer.echo("error: probe-invariance is not available yet in this version of hicl", err=True)
-    raise typer.Exit(1)
+def probe_invariance(
+    target: Annotated[str, typer.Argument(help="Run directory, checkpoint directory, timm export folder or timm model name.")],
+    stages: Annotated[
+        list[str] | None, typer.Option("--stages", help="Stage names or 1-based indices (repeatable); default all.")
+    ] = None,
+    compare: Annotated[str | None, typer.Option(help="A second TARGET, drawn side by side with the difference.")] = None,
+    images: Annotated[int, typer.Option(help="Held-out images (the first N of the test split).", min=8)] = 512,
+    weights: Annotated[Path | None, typer.Option(help="safetensors weights for a bare timm model name.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory; default: the run's results/.")] = None,
+) -> None:
+    """Per stage and augmentation op: invariance and predictability of the op on held-out images."""
+    from hicl.evaluate.probe_report import default_out, probe_targets, render_difference, render_probe, write_outputs
+    from hicl.evaluate.probe_target import open_probe_target
+
+    targets = [open_probe_target(target, weights)]
+    if compare is not None:
+        targets.append(open_probe_target(compare))
+    stage_list = [part for item in stages or [] for part in item.split(",") if part] or None
+    probed = probe_targets(targets, stage_list, images, console)
+    table = Console()
+    for p in probed:
+        table.print(render_probe(p))
+    if len(probed) == 2:
+        table.print(render_difference(*probed))
+    paths = write_outputs(probed, out or default_out(targets[0]))
+    console.print("wrote " + ", ".join(str(p) for p in paths))
 
 
 @app.command()

@@ -291,6 +291,26 @@ class EvalConfig(Section):
     checkpoint: Path | None = Field(
         None, description="evaluate this checkpoint directory instead of the run's own (transfer to other data)"
     )
+    protocol: Literal["fast", "paper"] = Field(
+        "fast",
+        description="fast: cached features, no augmentation; paper: SGD on augmented views (random-resized-crop"
+        " + flip), lr x0.1 at each milestone, center crop at test (set lr, e.g. 30 for ResNet-50 on ImageNet)",
+    )
+    stage: str = Field("last", description="features to evaluate: last, all, a 1-based stage index or a stage name")
+    milestones: list[Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(
+        [0.6, 0.8], description="paper protocol: fractions of the epochs at which the lr is multiplied by 0.1"
+    )
+    crop_scale: tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
+        (0.08, 1.0), description="paper protocol: random-resized-crop area range for training images"
+    )
+    knn_k: PositiveInt = Field(200, description="hicl knn: neighbours")
+    knn_temperature: Annotated[float, Field(gt=0.0)] = Field(0.1, description="hicl knn: temperature of exp(sim/T)")
+
+    @field_validator("stage", mode="before")
+    @classmethod
+    def _stage_index(cls, stage: object) -> object:
+        # `--set eval.stage=2` and YAML `stage: 2` read the index as a number
+        return str(stage) if isinstance(stage, int) and not isinstance(stage, bool) else stage
 
 
 class OutputConfig(Section):

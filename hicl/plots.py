@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on training machines
 
 from matplotlib.figure import Figure  # noqa: E402
+
+if TYPE_CHECKING:
+    from hicl.evaluate.invariance import ProbeResult
 
 
 def loss_figure(records: list[dict[str, Any]]) -> Figure:
@@ -36,4 +39,51 @@ def save_loss_plot(records: list[dict[str, Any]], path: Path) -> Path | None:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     loss_figure(records).savefig(path)
+    return path
+
+
+def _heatmap(figure: Figure, axes: Any, values: list[list[float]], rows: list[str], columns: list[str],
+             title: str, cmap: str, limits: tuple[float, float], fmt: str) -> None:
+    image = axes.imshow(values, cmap=cmap, vmin=limits[0], vmax=limits[1], aspect="auto")
+    axes.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
+    axes.set_yticks(range(len(rows)), rows)
+    axes.set_title(title, fontsize=10)
+    middle = (limits[0] + limits[1]) / 2
+    for i, row in enumerate(values):
+        for j, value in enumerate(row):
+            dark = value < middle if cmap != "RdBu" else abs(value) > 0.6 * limits[1]
+            axes.text(j, i, format(value, fmt), ha="center", va="center", fontsize=7,
+                      color="white" if dark else "black")
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.02)
+
+
+def invariance_figure(results: list[tuple[str, ProbeResult]]) -> Figure:
+    """Stages x ops heatmaps: invariance (top) and predictability over chance (bottom), one column per
+    model; with two models a third column shows the second minus the first."""
+    ops, stages = results[0][1].ops, results[0][1].stages
+
+    def grid(result: ProbeResult, metric: str) -> list[list[float]]:
+        return [[getattr(result.cell(s, op), metric) for op in ops] for s in stages]
+
+    metrics = [("invariance", "invariance", "viridis", (0.0, 1.0), ".2f"),
+               ("over_chance", "predictability over chance", "magma", (0.0, 1.0), ".2f")]
+    columns = len(results) + (1 if len(results) == 2 else 0)
+    figure = Figure(figsize=(1.0 + 0.62 * len(ops) * columns, 1.2 + 0.9 * len(stages)), dpi=120)
+    axes = figure.subplots(2, columns, squeeze=False)
+    for r, (metric, name, cmap, limits, fmt) in enumerate(metrics):
+        grids = [grid(result, metric) for _, result in results]
+        for c, (label, _) in enumerate(results):
+            _heatmap(figure, axes[r][c], grids[c], stages, ops, f"{label}: {name}", cmap, limits, fmt)
+        if len(results) == 2:
+            delta = [[b - a for a, b in zip(ra, rb)] for ra, rb in zip(*grids)]
+            bound = max(0.05, max(abs(v) for row in delta for v in row))
+            _heatmap(figure, axes[r][2], delta, stages, ops,
+                     f"{results[1][0]} - {results[0][0]}: {name}", "RdBu", (-bound, bound), "+.2f")
+    figure.tight_layout()
+    return figure
+
+
+def save_invariance_heatmap(results: list[tuple[str, ProbeResult]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    invariance_figure(results).savefig(path)
     return path

@@ -99,9 +99,11 @@ def test_help_lists_every_command():
         assert command in result.output
 
 
-def test_probe_invariance_does_not_pretend(tmp_path):
+def test_probe_invariance_rejects_what_it_cannot_probe_in_one_line(tmp_path):
     result = runner.invoke(app, ["probe-invariance", str(tmp_path)])
-    assert result.exit_code != 0 and "not available" in result.output
+    assert result.exit_code == 2 and "not a run, checkpoint or export directory" in result.output
+    result = runner.invoke(app, ["probe-invariance", "resnet_does_not_exist"])
+    assert result.exit_code == 2 and "unknown timm model" in result.output
 
 
 def test_bare_yaml_off_means_hierarchy_off(tmp_path):

@@ -14,7 +14,7 @@ from torch import nn
 
 from hicl.errors import HiclError
 from hicl.manifest import Manifest, NormalizeConfig
-from hicl.models.backbone import create_backbone
+from hicl.models.backbone import StageRunner, create_backbone, feature_stages
 from hicl.train.checkpoint import find_checkpoint, load_backbone_state
 
 
@@ -71,3 +71,97 @@ def cached_features(cache: Path, key: str, compute: dict[str, Callable[[], torch
     save_file({k: v.contiguous() for k, v in features.items()}, tmp, metadata={"key": key})
     tmp.replace(cache)
     return features
+
+
+class StageFeatures:
+    """Global-average-pooled output of every `feature_info` stage of a timm model, in one forward pass.
+
+    The last stage's feature is the model's own pooled output (`model(x)`, what linear evaluation and
+    every export use); earlier stages are their maps averaged over space. Works for any backbone the
+    `StageRunner` can tap (ResNet, RegNet, ConvNeXt, EfficientNet, ViT block groups, ...).
+    """
+
+    def __init__(self, backbone: nn.Module, model_name: str, input_size: int):
+        self.stages = feature_stages(backbone)
+        self.runner = StageRunner(backbone, self.stages, model_name, probe_size=input_size)
+        self.names = [s.name for s in self.stages]
+
+    def resolve(self, selectors: list[str] | None) -> list[str]:
+        """Stage names from names, 1-based indices, `last` or `all` (default: all)."""
+        if not selectors or selectors == ["all"]:
+            return list(self.names)
+        chosen = []
+        for sel in selectors:
+            if sel == "last":
+                name = self.names[-1]
+            elif sel.isdigit() and 1 <= int(sel) <= len(self.names):
+                name = self.names[int(sel) - 1]
+            elif sel in self.names:
+                name = sel
+            else:
+                raise HiclError(
+                    f"stage {sel!r}: expected all, last, 1..{len(self.names)} or one of {', '.join(self.names)}"
+                )
+            if name not in chosen:
+                chosen.append(name)
+        return sorted(chosen, key=self.names.index)
+
+    def to(self, device: torch.device) -> StageFeatures:
+        self.runner.eval().to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Normalised float images [B, 3, S, S] -> {stage name: float32 [B, C_stage]}."""
+        self.runner.eval()
+        out = {}
+        last = len(self.stages) - 1
+        for index, name in enumerate(self.names):
+            x = self.runner.run_segment(index, x)
+            # ViT block outputs are tokens; the runner's own conversion makes them [B, C, h, w] maps
+            pooled = x if index == last else self.runner._to_map(x).float().mean(dim=(2, 3))
+            out[name] = pooled.float()
+        return out
+
+
+@torch.no_grad()
+def extract_stage_features(
+    stage_features: StageFeatures,
+    stages: list[str],
+    images: torch.Tensor,
+    manifest: Manifest,
+    device: torch.device,
+    batch_size: int = 512,
+) -> dict[str, torch.Tensor]:
+    """Pooled features {stage: [N, C]} (on the CPU) of uint8 images, resized and normalised as for training."""
+    chunks: dict[str, list[torch.Tensor]] = {s: [] for s in stages}
+    for start in range(0, len(images), batch_size):
+        x = model_input(images[start : start + batch_size].to(device), manifest.view_size, manifest.augment.normalize)
+        out = stage_features(x)
+        for s in stages:
+            chunks[s].append(out[s].cpu())
+    return {s: torch.cat(c) for s, c in chunks.items()}
+
+
+def cached_stage_features(
+    cache: Path,
+    key: str,
+    stage_features: StageFeatures,
+    stages: list[str],
+    splits: dict[str, torch.Tensor],
+    manifest: Manifest,
+    device: torch.device,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """{split: {stage: pooled features}} of uint8 images per split, cached in `cache` under `key`."""
+    computed: dict[str, dict[str, torch.Tensor]] = {}
+
+    def compute(split: str, stage: str) -> torch.Tensor:
+        if split not in computed:  # one forward pass per split serves every stage
+            computed[split] = extract_stage_features(stage_features, stages, splits[split], manifest, device)
+        return computed[split][stage]
+
+    flat = cached_features(
+        cache, f"{key}|stages={','.join(stages)}",
+        {f"{split}/{stage}": (lambda sp=split, st=stage: compute(sp, st)) for split in splits for stage in stages},
+    )
+    return {split: {stage: flat[f"{split}/{stage}"] for stage in stages} for split in splits}

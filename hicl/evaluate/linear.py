@@ -1,24 +1,35 @@
-"""`hicl linear-eval`: linear classifiers on frozen, cached features, one per label head.
+"""`hicl linear-eval`: linear classifiers on frozen features, one per label head and evaluated stage.
 
-Features are standardised with the training split's mean and std; one linear layer per head is
-trained with SGD (momentum 0.9, cosine lr) on mini-batches drawn from a seeded generator. The heads
-share the batches but not their weights, so training them together equals training them apart.
+`eval.stage` picks the pooled features: `last` (the model's output), `all` (every `feature_info`
+stage, a per-stage table as in the multi-stage probes of mmselfsup and VISSL), an index or a name.
+
+- `fast` protocol: features computed once (cached) without augmentation, standardised with the
+  training split's mean and std; one linear layer per head trained with SGD (momentum 0.9, cosine lr)
+  on mini-batches drawn from a seeded generator. The heads share the batches but not their weights,
+  so training them together equals training them apart.
+- `paper` protocol (`fit_linear_paper`): augmented training views, step decay, center crop at test.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
+from torch import nn
 
-from hicl.data import load_split
+from hicl.augment import Pipeline, identity_params
+from hicl.data import ImageSet, load_split
 from hicl.errors import HiclError
-from hicl.evaluate.features import cached_features, extract_features, pretrained_backbone, random_backbone
+from hicl.evaluate.features import StageFeatures, cached_stage_features, pretrained_backbone, random_backbone
+from hicl.evaluate.provenance import provenance
 from hicl.manifest import EvalConfig, Manifest
 from hicl.runs import RunDir
+from hicl.train.checkpoint import find_checkpoint
 from hicl.train.device import resolve_device
 from hicl.train.optim import lr_at
 
@@ -61,67 +72,187 @@ def fit_linear_probes(
             loss.backward()
             optimizer.step()
             step += 1
-    scores = {}
     with torch.no_grad():
-        for h in heads:
-            logits = test_x @ weights[h].T + biases[h]
-            labels = test_y[h]
-            top1 = (logits.argmax(1) == labels).float().mean().item()
-            top5 = None
-            if num_classes[h] > 5:
-                top5 = (logits.topk(5, dim=1).indices == labels[:, None]).any(1).float().mean().item()
-            scores[h] = ProbeScore(top1, top5)
-    return scores
+        return {h: probe_score(test_x @ weights[h].T + biases[h], test_y[h], num_classes[h]) for h in heads}
 
 
-def linear_eval(manifest: Manifest, run: RunDir, console: Console | None = None) -> dict:
-    """Scores of the run's backbone (and of the same backbone at random init) on every label head."""
-    console = console or Console(stderr=True)
-    device = resolve_device(manifest.runtime)
-    train, test = (load_split(manifest.data, split, manifest.view_size) for split in ("train", "test"))
+def eval_backbones(manifest: Manifest, run: RunDir) -> dict[str, Callable[[], tuple[nn.Module, str, Path | None]]]:
+    """The backbones to evaluate: (module, cache key, weights file or None) makers by column name."""
+    source = manifest.eval.checkpoint or run.last_checkpoint
+    checkpoint = find_checkpoint(source)
+    weights = None if checkpoint is None else checkpoint / "backbone.safetensors"
+    backbones = {"pretrained": lambda: (*pretrained_backbone(manifest, source), weights)}
+    if manifest.eval.random_init_baseline:
+        backbones["random_init"] = lambda: (*random_backbone(manifest), None)
+    return backbones
+
+
+def check_heads(manifest: Manifest, train: ImageSet) -> list[str]:
     heads = manifest.eval.heads or list(train.labels)
     unknown = [h for h in heads if h not in train.labels]
     if unknown:
         raise HiclError(f"eval.heads: no label head {unknown[0]!r}; the data has {', '.join(train.labels)}")
+    return heads
 
-    checkpoint = manifest.eval.checkpoint or run.last_checkpoint
-    backbones = {"pretrained": lambda: pretrained_backbone(manifest, checkpoint)}
-    if manifest.eval.random_init_baseline:
-        backbones["random_init"] = lambda: random_backbone(manifest)
-    result: dict = {"run": str(run.path), "heads": {h: {"classes": train.num_classes[h]} for h in heads}}
-    for name, make in backbones.items():
-        backbone, key = make()
-        with console.status(f"features of the {name.replace('_', ' ')} backbone"):
-            features = cached_features(
-                run.results / "features" / f"{name}.safetensors",
-                key,
-                {split: (lambda s=s, b=backbone: extract_features(b, s.images, manifest, device))
-                 for split, s in (("train", train), ("test", test))},
-            )
-        with console.status(f"linear probes on the {name.replace('_', ' ')} features"):
-            scores = fit_linear_probes(
-                features["train"], {h: train.labels[h] for h in heads},
-                features["test"], {h: test.labels[h] for h in heads},
-                train.num_classes, manifest.eval, manifest.seed,
-            )
-        for h in heads:
-            result["heads"][h][name] = {"top1": scores[h].top1, "top5": scores[h].top5}
+
+def linear_eval(manifest: Manifest, run: RunDir, console: Console | None = None) -> dict:
+    """Scores of the run's backbone (and of the same backbone at random init) on every label head,
+    for the stages `eval.stage` names, by the protocol `eval.protocol`."""
+    console = console or Console(stderr=True)
+    cfg = manifest.eval
+    device = resolve_device(manifest.runtime)
+    train, test = (load_split(manifest.data, split, manifest.view_size) for split in ("train", "test"))
+    heads = check_heads(manifest, train)
+    by_stage: dict[str, dict] = {}
+    result: dict = {"run": str(run.path)}
+    for name, make in eval_backbones(manifest, run).items():
+        backbone, key, weights = make()
+        stage_features = StageFeatures(backbone, manifest.backbone.name, manifest.view_size).to(device)
+        stages = stage_features.resolve(None if cfg.stage == "all" else [cfg.stage])
+        label = name.replace("_", " ")
+        if cfg.protocol == "fast":
+            with console.status(f"features of the {label} backbone"):
+                features = cached_stage_features(
+                    run.results / "features" / f"{name}.safetensors", key, stage_features, stages,
+                    {"train": train.images, "test": test.images}, manifest, device,
+                )
+            with console.status(f"linear probes on the {label} features"):
+                scores = {
+                    stage: fit_linear_probes(
+                        features["train"][stage], {h: train.labels[h] for h in heads},
+                        features["test"][stage], {h: test.labels[h] for h in heads},
+                        train.num_classes, cfg, manifest.seed,
+                    )
+                    for stage in stages
+                }
+        else:
+            with console.status(f"linear probes on the {label} backbone (paper protocol, {cfg.epochs} epochs)"):
+                scores = fit_linear_paper(stage_features, stages, train, test, heads, manifest, device)
+        for stage in stages:
+            rows = by_stage.setdefault(stage, {h: {"classes": train.num_classes[h]} for h in heads})
+            for h in heads:
+                rows[h][name] = {"top1": scores[stage][h].top1, "top5": scores[stage][h].top5}
+        if name == "pretrained":
+            protocol = {"name": cfg.protocol, **cfg.model_dump(mode="json", exclude={"after_pretrain"})}
+            result.update(provenance(manifest, weights, {"train": train.images, "test": test.images}, protocol))
+    result["stages"] = {stage: {"heads": rows} for stage, rows in by_stage.items()}
+    result["heads"] = by_stage[list(by_stage)[-1]]  # the deepest evaluated stage (the model output for `last`)
     run.write_result("linear_eval.json", result)
     return result
 
 
-def render_linear_eval(result: dict) -> Table:
+def step_decay_lr(step: int, total: int, base_lr: float, milestones: list[float]) -> float:
+    """base_lr x 0.1 for every milestone fraction of the total steps already passed."""
+    return base_lr * 0.1 ** sum(step >= m * total for m in milestones)
+
+
+def center_crop_views(images: torch.Tensor, fraction: float, manifest: Manifest) -> torch.Tensor:
+    """The central `fraction` x `fraction` box of every image, resized to the view size and normalised."""
+    height, width = images.shape[-2:]
+    h, w = max(1, round(height * fraction)), max(1, round(width * fraction))
+    params = identity_params(len(images), (height, width), images.device)
+    params["crop_box"] = torch.tensor([(height - h) // 2, (width - w) // 2, h, w], device=images.device).repeat(
+        len(images), 1
+    )
+    return Pipeline(["crop"], manifest.augment, manifest.view_size).apply(images, params)
+
+
+def fit_linear_paper(
+    stage_features: StageFeatures,
+    stages: list[str],
+    train: ImageSet,
+    test: ImageSet,
+    heads: list[str],
+    manifest: Manifest,
+    device: torch.device,
+) -> dict[str, dict[str, ProbeScore]]:
+    """The paper protocol: linear heads on the frozen backbone's pooled stage features of augmented views.
+
+    Every step draws a batch (seeded order) and makes one random-resized-crop (`eval.crop_scale`,
+    the augment section's aspect ratios) + horizontal-flip (p = 0.5) view per image with hicl's batched
+    ops; SGD with momentum 0.9, lr `eval.lr` x 0.1 at each of `eval.milestones`; raw (not standardised)
+    features, as in the reference protocols. The images are those of the evaluation transform (shorter
+    side to view_size / data.crop_pct, centre crop), so at test they are used as they are.
+    """
+    cfg = manifest.eval
+    augment = manifest.augment.model_copy(
+        update={
+            "crop": manifest.augment.crop.model_copy(update={"scale": cfg.crop_scale}),
+            "flip": manifest.augment.flip.model_copy(update={"p": 0.5}),
+        }
+    )
+    pipeline = Pipeline(["crop", "flip"], augment, manifest.view_size)
+    order_gen = torch.Generator().manual_seed(manifest.seed)
+    view_gen = torch.Generator().manual_seed(manifest.seed + 1)
+    probe = stage_features(center_crop_views(train.images[:2].to(device), 1.0, manifest))
+    linears = {
+        (s, h): nn.Linear(probe[s].shape[1], train.num_classes[h]).to(device) for s in stages for h in heads
+    }
+    for layer in linears.values():
+        nn.init.zeros_(layer.weight)
+        nn.init.zeros_(layer.bias)
+    params = [p for layer in linears.values() for p in layer.parameters()]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    n = len(train)
+    batch = min(cfg.batch_size, n)
+    steps_per_epoch = max(1, n // batch)
+    total = cfg.epochs * steps_per_epoch
+    labels = {h: train.labels[h].to(device) for h in heads}
+    step = 0
+    for _ in range(cfg.epochs):
+        order = torch.randperm(n, generator=order_gen)
+        for index in order[: steps_per_epoch * batch].view(steps_per_epoch, -1):
+            for group in optimizer.param_groups:
+                group["lr"] = step_decay_lr(step, total, cfg.lr, cfg.milestones)
+            views, _ = pipeline(train.images[index].to(device), view_gen)
+            features = stage_features(views)
+            loss = sum(
+                F.cross_entropy(linears[s, h](features[s]), labels[h][index.to(device)]) for s in stages for h in heads
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+    scores: dict[str, dict[str, ProbeScore]] = {s: {} for s in stages}
+    with torch.no_grad():
+        logits: dict[tuple[str, str], list[torch.Tensor]] = {key: [] for key in linears}
+        for start in range(0, len(test), 512):
+            views = center_crop_views(test.images[start : start + 512].to(device), 1.0, manifest)
+            features = stage_features(views)
+            for (s, h), layer in linears.items():
+                logits[s, h].append(layer(features[s]).cpu())
+        for (s, h), chunks in logits.items():
+            scores[s][h] = probe_score(torch.cat(chunks), test.labels[h], test.num_classes[h])
+    return scores
+
+
+def probe_score(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> ProbeScore:
+    top1 = (logits.argmax(1) == labels).float().mean().item()
+    top5 = None
+    if num_classes > 5:
+        top5 = (logits.topk(5, dim=1).indices == labels[:, None]).any(1).float().mean().item()
+    return ProbeScore(top1, top5)
+
+
+def render_linear_eval(result: dict, title: str = "linear evaluation") -> Table:
+    """One row per (stage, head); the stage column only when more than one stage was evaluated."""
+    stages = result.get("stages") or {"": {"heads": result["heads"]}}
     columns = [c for c in ("pretrained", "random_init") if c in next(iter(result["heads"].values()))]
-    table = Table(title="linear evaluation (test split, %)")
+    protocol = result.get("protocol", {}).get("name", "fast")
+    table = Table(title=f"{title} ({protocol} protocol, test split, %)")
+    if len(stages) > 1:
+        table.add_column("stage")
     table.add_column("head")
     table.add_column("classes", justify="right")
     for c in columns:
         table.add_column(f"{c.replace('_', ' ')} top-1", justify="right")
         table.add_column(f"{c.replace('_', ' ')} top-5", justify="right")
-    for head, row in result["heads"].items():
-        cells = [head, str(row["classes"])]
-        for c in columns:
-            top5 = row[c]["top5"]
-            cells += [f"{100 * row[c]['top1']:.1f}", "-" if top5 is None else f"{100 * top5:.1f}"]
-        table.add_row(*cells)
+    for stage, entry in stages.items():
+        for head, row in entry["heads"].items():
+            cells = [stage] if len(stages) > 1 else []
+            cells += [head, str(row["classes"])]
+            for c in columns:
+                top5 = row[c]["top5"]
+                cells += [f"{100 * row[c]['top1']:.1f}", "-" if top5 is None else f"{100 * top5:.1f}"]
+            table.add_row(*cells)
     return table
