@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import functools
 import json
 import os
@@ -35,8 +34,6 @@ NoVerify = Annotated[
 ]
 
 F = TypeVar("F", bound=Callable)
-# The --format choices, from the exporter registry (typer lists an Enum's values in --help and checks them).
-ExportFormatName = enum.Enum("ExportFormatName", {name: name for name in EXPORTERS}, type=str)
 
 
 def _one_line(text: str, limit: int = 1000) -> str:
@@ -197,26 +194,28 @@ def export(
     run: RunArg,
     out: Annotated[Path, typer.Option(help="Output folder (new or empty; an earlier export only with --overwrite).")],
     format: Annotated[
-        ExportFormatName,
+        str,
+        # the choices come from the exporter registry; an unknown one is a one-line error (run_export)
         typer.Option(help="; ".join(f"{f.name}: {f.summary}" for f in EXPORTERS.values()) + "."),
-    ] = ExportFormatName.timm,
+    ] = "timm",
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out (only its files).")] = False,
     pth: Annotated[bool, typer.Option(help="torchvision: also write the .pth file.")] = False,
     set_: Overrides = None,
     no_verify: NoVerify = False,
 ) -> None:
     """Export the pretrained backbone (or the whole model) for another tool; prints the files written."""
-    from hicl.export.base import ExportOptions, human_size, run_export
+    from hicl.export.base import ExportOptions, exporter, human_size, run_export
     from hicl.lock import RunLock
     from hicl.runs import open_run
     from hicl.train.checkpoint import set_verification
 
+    exporter(format)  # an unknown format is named before anything is opened
     set_verification(not no_verify)
     run_dir, _ = open_run(run, set_)
     if not run_dir.path.is_dir():
         raise HiclError(f"{run_dir.path}: no such run directory (run hicl pretrain first)")
     with RunLock(run_dir.path, read_only_ok=True):
-        result = run_export(run, format.value, out, overwrite=overwrite, options=ExportOptions(pth=pth), overrides=set_)
+        result = run_export(run, format, out, overwrite=overwrite, options=ExportOptions(pth=pth), overrides=set_)
     for path in result.files:
         typer.echo(f"wrote {path} ({human_size(path.stat().st_size)})")
     for line in result.notes:

@@ -11,6 +11,7 @@ from torch import nn
 from hicl.augment.hierarchy import StageAugmenter, StageViews
 from hicl.augment.pipeline import Pipeline, identity_params, param_vectors
 from hicl.manifest import AugmentConfig, Manifest
+from hicl.methods import METHODS
 from hicl.models.adapters import ReferenceAdapter, channel_expansion
 from hicl.models.backbone import select_stages
 from hicl.models.heads import make_adapter
@@ -92,7 +93,8 @@ def _manifest(method: str, bn: str, forward: str = "separate") -> Manifest:
     return Manifest(
         name="t",
         backbone={"name": "resnet18"},
-        method={"name": method, "proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 8},
+        method={"name": method, "proj_hidden_dim": 32, "proj_dim": 16}
+        | ({"pred_hidden_dim": 8} if "pred_hidden_dim" in METHODS[method].Config.model_fields else {}),
         hierarchy={
             "mode": "add_one", "adapter": "reference", "bn": bn, "forward": forward,
             "embeddings": {"ops": ["color_jitter"], "dim": 8},
