@@ -119,7 +119,8 @@ def main() -> None:
             manifest.hierarchy.mode = mode
             manifest.runtime.compile = kind == "compiled"
             rows.append({"mode": mode, "compile": kind, **measure(manifest, device, args.warmup, args.iters)})
-            print(f"  measured {mode} {kind}", flush=True)
+            print(f"  {mode} {kind}: model step {rows[-1]['model_step']:.1f} img/s, "
+                  f"end to end {rows[-1]['end_to_end']:.1f} img/s", flush=True)
     print(f"{'hierarchy':<10} {'':<9} {'stages':>6} {'model step img/s':>17} {'end to end img/s':>17} "
           f"{'graph breaks':>13}")
     for r in rows:
