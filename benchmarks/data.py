@@ -7,7 +7,9 @@ ImageFolder and reads them, in this process with one thread (what one DataLoader
   augmentation then runs batched on the training device (see benchmarks/augment.py for that part);
 - torchvision: `ImageFolder` + PIL + the two-view SimSiam transform (RandomResizedCrop(224, (0.2, 1)),
   ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8, RandomGrayscale 0.2, GaussianBlur p=0.5, flip, ToTensor,
-  Normalize) applied twice, as a worker of a plain SimSiam/MoCo pipeline does.
+  Normalize) applied twice, as a worker of a plain SimSiam/MoCo pipeline does;
+- torchvision, decode and resize only: `ImageFolder` + PIL + Resize(--load-size) + PILToTensor, the
+  same work as hicl's worker done the usual way (to tell the decoder's share from the augmentations').
 
     python benchmarks/data.py --images 1000 --load-size 256 --json out.json
 """
@@ -90,11 +92,15 @@ def main() -> None:
         tv_loader = DataLoader(folder, batch_size=args.batch, num_workers=0)
         hicl_rate = max(images_per_second(hicl_loader, len(paths)) for _ in range(args.repeats))
         tv_rate = max(images_per_second(tv_loader, len(paths)) for _ in range(args.repeats))
+        resize_only = datasets.ImageFolder(tmp, transform=T.Compose([T.Resize(args.load_size), T.PILToTensor()]))
+        resize_loader = DataLoader(resize_only, batch_size=1, num_workers=0)  # sizes differ: no stacking
+        resize_rate = max(images_per_second(resize_loader, len(paths)) for _ in range(args.repeats))
 
     result = {
         "images": args.images, "mean_jpeg_bytes": round(mean_bytes), "load_size": args.load_size,
         "hicl_images_per_s_per_worker": round(hicl_rate, 1),
         "torchvision_two_view_images_per_s_per_worker": round(tv_rate, 1),
+        "torchvision_decode_resize_images_per_s_per_worker": round(resize_rate, 1),
         "ratio": round(hicl_rate / tv_rate, 2),
         "cpu": platform.processor() or platform.machine(), "load_average": os.getloadavg(),
         "torch": torch.__version__,
@@ -102,7 +108,8 @@ def main() -> None:
     print(f"{args.images} JPEGs (~500x375, {mean_bytes / 1024:.0f} KiB), one thread:")
     print(f"  hicl decode + fit to {args.load_size}:        {hicl_rate:8.1f} images/s")
     print(f"  torchvision ImageFolder + PIL + 2 views: {tv_rate:8.1f} images/s")
-    print(f"  ratio: {hicl_rate / tv_rate:.2f}x   (load average {os.getloadavg()[0]:.1f})")
+    print(f"  torchvision ImageFolder + PIL + Resize:  {resize_rate:8.1f} images/s")
+    print(f"  ratio to the two-view pipeline: {hicl_rate / tv_rate:.2f}x   (load average {os.getloadavg()[0]:.1f})")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 
