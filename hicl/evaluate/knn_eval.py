@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from hicl.data import load_split
-from hicl.evaluate.features import StageFeatures, cached_stage_features
+from hicl.evaluate.features import cached_stage_features
 from hicl.evaluate.knn import knn_accuracy, weighted_knn
-from hicl.evaluate.linear import check_heads, eval_backbones
+from hicl.evaluate.linear import eval_splits, frozen_backbones
 from hicl.evaluate.provenance import provenance
 from hicl.manifest import Manifest
 from hicl.runs import RunDir
@@ -19,17 +18,14 @@ def knn_eval(manifest: Manifest, run: RunDir, console: Console | None = None) ->
     console = console or Console(stderr=True)
     cfg = manifest.eval
     device = resolve_device(manifest.runtime)
-    train, test = (load_split(manifest.data, split, manifest.view_size) for split in ("train", "test"))
-    heads = check_heads(manifest, train)
+    train, test, heads = eval_splits(manifest)
     by_stage: dict[str, dict] = {}
     result: dict = {"run": str(run.path)}
-    for name, make in eval_backbones(manifest, run).items():
-        backbone, key, weights = make()
-        stage_features = StageFeatures(backbone, manifest.backbone.name, manifest.view_size).to(device)
-        stages = stage_features.resolve(None if cfg.stage == "all" else [cfg.stage])
+    for frozen in frozen_backbones(manifest, run, device):
+        name, stages = frozen.name, frozen.stages
         with console.status(f"features of the {name.replace('_', ' ')} backbone"):
             features = cached_stage_features(
-                run.results / "features" / f"{name}.safetensors", key, stage_features, stages,
+                run.results / "features" / f"{name}.safetensors", frozen.key, frozen.features, stages,
                 {"train": train.images, "test": test.images}, manifest, device,
             )
         for stage in stages:
@@ -43,7 +39,7 @@ def knn_eval(manifest: Manifest, run: RunDir, console: Console | None = None) ->
                 rows[h][name] = {"top1": top1, "top5": top5}
         if name == "pretrained":
             protocol = {"name": "knn", "k": cfg.knn_k, "temperature": cfg.knn_temperature, "stage": cfg.stage}
-            result.update(provenance(manifest, weights, {"train": train.images, "test": test.images}, protocol))
+            result.update(provenance(manifest, frozen.weights, {"train": train.images, "test": test.images}, protocol))
     result["stages"] = {stage: {"heads": rows} for stage, rows in by_stage.items()}
     result["heads"] = by_stage[list(by_stage)[-1]]
     run.write_result("knn.json", result)

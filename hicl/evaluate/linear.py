@@ -12,7 +12,7 @@ stage, a per-stage table as in the multi-stage probes of mmselfsup and VISSL), a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,23 +76,41 @@ def fit_linear_probes(
         return {h: probe_score(test_x @ weights[h].T + biases[h], test_y[h], num_classes[h]) for h in heads}
 
 
-def eval_backbones(manifest: Manifest, run: RunDir) -> dict[str, Callable[[], tuple[nn.Module, str, Path | None]]]:
-    """The backbones to evaluate: (module, cache key, weights file or None) makers by column name."""
+@dataclass(frozen=True)
+class FrozenBackbone:
+    """One evaluated column: the backbone's stage features, the stages `eval.stage` names, its cache key."""
+
+    name: str  # pretrained | random_init
+    key: str
+    weights: Path | None  # the weights file (None at random init)
+    features: StageFeatures
+    stages: list[str]
+
+
+def frozen_backbones(manifest: Manifest, run: RunDir, device: torch.device) -> Iterator[FrozenBackbone]:
+    """The run's (or `eval.checkpoint`'s) backbone, then, if asked, the same one at random init; built one
+    at a time so that only one is in memory."""
     source = manifest.eval.checkpoint or run.last_checkpoint
     checkpoint = find_checkpoint(source)
-    weights = None if checkpoint is None else checkpoint / "backbone.safetensors"
-    backbones = {"pretrained": lambda: (*pretrained_backbone(manifest, source), weights)}
+    makers: dict[str, Callable[[], tuple[nn.Module, str]]] = {"pretrained": lambda: pretrained_backbone(manifest, source)}
     if manifest.eval.random_init_baseline:
-        backbones["random_init"] = lambda: (*random_backbone(manifest), None)
-    return backbones
+        makers["random_init"] = lambda: random_backbone(manifest)
+    for name, make in makers.items():
+        backbone, key = make()
+        features = StageFeatures(backbone, manifest.backbone.name, manifest.view_size).to(device)
+        stages = features.resolve(None if manifest.eval.stage == "all" else [manifest.eval.stage])
+        weights = checkpoint / "backbone.safetensors" if name == "pretrained" and checkpoint is not None else None
+        yield FrozenBackbone(name, key, weights, features, stages)
 
 
-def check_heads(manifest: Manifest, train: ImageSet) -> list[str]:
+def eval_splits(manifest: Manifest) -> tuple[ImageSet, ImageSet, list[str]]:
+    """The labeled train and test splits with the evaluation transform, and the heads to score."""
+    train, test = (load_split(manifest.data, split, manifest.view_size) for split in ("train", "test"))
     heads = manifest.eval.heads or list(train.labels)
     unknown = [h for h in heads if h not in train.labels]
     if unknown:
         raise HiclError(f"eval.heads: no label head {unknown[0]!r}; the data has {', '.join(train.labels)}")
-    return heads
+    return train, test, heads
 
 
 def linear_eval(manifest: Manifest, run: RunDir, console: Console | None = None) -> dict:
@@ -101,19 +119,16 @@ def linear_eval(manifest: Manifest, run: RunDir, console: Console | None = None)
     console = console or Console(stderr=True)
     cfg = manifest.eval
     device = resolve_device(manifest.runtime)
-    train, test = (load_split(manifest.data, split, manifest.view_size) for split in ("train", "test"))
-    heads = check_heads(manifest, train)
+    train, test, heads = eval_splits(manifest)
     by_stage: dict[str, dict] = {}
     result: dict = {"run": str(run.path)}
-    for name, make in eval_backbones(manifest, run).items():
-        backbone, key, weights = make()
-        stage_features = StageFeatures(backbone, manifest.backbone.name, manifest.view_size).to(device)
-        stages = stage_features.resolve(None if cfg.stage == "all" else [cfg.stage])
+    for frozen in frozen_backbones(manifest, run, device):
+        name, stage_features, stages = frozen.name, frozen.features, frozen.stages
         label = name.replace("_", " ")
         if cfg.protocol == "fast":
             with console.status(f"features of the {label} backbone"):
                 features = cached_stage_features(
-                    run.results / "features" / f"{name}.safetensors", key, stage_features, stages,
+                    run.results / "features" / f"{name}.safetensors", frozen.key, stage_features, stages,
                     {"train": train.images, "test": test.images}, manifest, device,
                 )
             with console.status(f"linear probes on the {label} features"):
@@ -134,7 +149,7 @@ def linear_eval(manifest: Manifest, run: RunDir, console: Console | None = None)
                 rows[h][name] = {"top1": scores[stage][h].top1, "top5": scores[stage][h].top5}
         if name == "pretrained":
             protocol = {"name": cfg.protocol, **cfg.model_dump(mode="json", exclude={"after_pretrain"})}
-            result.update(provenance(manifest, weights, {"train": train.images, "test": test.images}, protocol))
+            result.update(provenance(manifest, frozen.weights, {"train": train.images, "test": test.images}, protocol))
     result["stages"] = {stage: {"heads": rows} for stage, rows in by_stage.items()}
     result["heads"] = by_stage[list(by_stage)[-1]]  # the deepest evaluated stage (the model output for `last`)
     run.write_result("linear_eval.json", result)
