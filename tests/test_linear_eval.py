@@ -72,3 +72,21 @@ def test_linear_eval_all_stages_paper_protocol_and_knn_record_provenance(tiny_ru
     assert list(knn["stages"]) == ["layer1"] and knn["protocol"]["k"] == 200
     result = runner.invoke(app, ["linear-eval", str(tiny_run), "--stage", "layer9"])
     assert result.exit_code == 2 and "layer9" in result.output
+
+
+def test_probe_reads_a_run_its_timm_export_and_its_hicl_export_alike(tiny_run, tmp_path):
+    runner = CliRunner()
+    outputs = {}
+    for name, target in (("run", tiny_run), ("timm", tmp_path / "timm"), ("hicl", tmp_path / "hicl")):
+        if name != "run":
+            result = runner.invoke(app, ["export", str(tiny_run), "--format", name, "--out", str(target)])
+            assert result.exit_code == 0, result.output
+        out = tmp_path / f"probe_{name}"
+        result = runner.invoke(app, ["probe-invariance", str(target), "--images", "32", "--stages", "layer4",
+                                     "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        outputs[name] = json.loads((out / "invariance.json").read_text())
+    # the same weights on the same images: the same invariance, whichever way the backbone arrived
+    # (the timm export carries no data section, so only the run and the hicl export share the images)
+    assert outputs["run"]["targets"][0]["cells"] == outputs["hicl"]["targets"][0]["cells"]
+    assert outputs["timm"]["targets"][0]["stages"] == outputs["run"]["targets"][0]["stages"] == ["layer4"]

@@ -17,7 +17,7 @@ from hicl.errors import HiclError
 from hicl.manifest import BackboneConfig, Manifest, format_validation_error, load_manifest
 from hicl.models.backbone import create_backbone
 from hicl.runs import open_run
-from hicl.train.checkpoint import find_checkpoint
+from hicl.train.checkpoint import find_checkpoint, load_backbone_state
 
 
 @dataclass
@@ -55,9 +55,8 @@ def _from_run(path: Path) -> ProbeTarget:
 
 def _from_manifest(manifest: Manifest, checkpoint: Path, label: str, results: Path | None) -> ProbeTarget:
     backbone = create_backbone(manifest.backbone)
-    weights = checkpoint / "backbone.safetensors"
-    _load_weights(backbone, weights)
-    return ProbeTarget(label, manifest, backbone, weights, results)
+    backbone.load_state_dict(load_backbone_state(checkpoint))  # SHA-256 verified, like every checkpoint load
+    return ProbeTarget(label, manifest, backbone, checkpoint / "backbone.safetensors", results)
 
 
 def _from_checkpoint(path: Path) -> ProbeTarget:
@@ -69,15 +68,27 @@ def _from_checkpoint(path: Path) -> ProbeTarget:
 
 
 def _from_export(path: Path) -> ProbeTarget:
-    record = json.loads((path / "export.json").read_text())
+    """A `hicl export` folder: `--format hicl` (with the run's manifest) or `--format timm`."""
     try:
-        cfg = BackboneConfig(
-            name=record["model"], small_stem=record.get("small_stem", False), kwargs=record.get("kwargs", {})
-        )
+        record = json.loads((path / "export.json").read_text())
+        kind = record["format"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise HiclError(f"{path / 'export.json'}: not a hicl export record ({exc.__class__.__name__})") from None
+    if kind == "hicl":
+        from hicl.export.hicl_state import STATE, read_state
+
+        manifest, tensors = read_state(path)
+        backbone = create_backbone(manifest.backbone)
+        backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")})
+        return ProbeTarget(path.name, manifest, backbone, path / STATE, None)
+    if kind != "timm":
+        raise HiclError(f"{path}: a {kind} export; probe the run itself, or its timm or hicl export")
+    try:
+        cfg = BackboneConfig(name=record["architecture"])
     except (KeyError, ValidationError) as exc:
         raise HiclError(f"{path / 'export.json'}: not a hicl timm export ({exc.__class__.__name__})") from None
     backbone = create_backbone(cfg)
-    weights = path / record.get("weights", "model.safetensors")
+    weights = path / "model.safetensors"
     _load_weights(backbone, weights)
     return ProbeTarget(path.name, _default_manifest(path.name, cfg), backbone, weights, None)
 
