@@ -119,3 +119,11 @@ def test_bare_yaml_off_means_hierarchy_off(tmp_path):
 def test_every_shipped_manifest_validates(path):
     result = runner.invoke(app, ["validate", str(path)])
     assert result.exit_code == 0, result.output
+
+
+def test_pretrain_under_torchrun_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    path = write(tmp_path, {"name": "x", "output": {"dir": str(tmp_path / "runs")}})
+    result = runner.invoke(app, ["pretrain", str(path)])
+    assert result.exit_code == 2 and "torchrun" in result.output and not (tmp_path / "runs").exists()

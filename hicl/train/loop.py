@@ -27,6 +27,7 @@ from hicl.plots import save_loss_plot
 from hicl.runs import RunDir, releases_run_locks
 from hicl.train.checkpoint import load_checkpoint, save_checkpoint
 from hicl.train.device import autocast, prepare_model, resolve_device, view_dtype
+from hicl.train.dist import read_env
 from hicl.train.health import check_health
 from hicl.train.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from hicl.train.progress import LineProgress
@@ -90,6 +91,12 @@ def pretrain(
     init_from: Path | None = None,
 ) -> PretrainResult:
     console = console or Console(stderr=True)
+    if read_env().distributed:
+        # N copies of a single-process run would race for one run directory: refuse before anything starts
+        raise HiclError(
+            "torchrun: hicl pretrain runs as one process in this version (the DDP building blocks exist in "
+            "hicl/train/dist.py but the loop does not use them yet); start it without torchrun"
+        )
     if manifest.runtime.threads:
         torch.set_num_threads(manifest.runtime.threads)
     device = resolve_device(manifest.runtime)
