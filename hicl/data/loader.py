@@ -20,7 +20,7 @@ Evaluation (`eval_batches`, `load_split`) reads a split in file order with the c
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -47,10 +47,16 @@ Fit = Callable[[Tensor], tuple[Tensor, tuple[int, int]]]
 @dataclass
 class Batch:
     images: Tensor  # uint8 [B, 3, S, S]
-    sizes: Tensor | None  # int64 [B, 2] true (height, width) at the top-left; None when every image fills S x S
+    # int64 [B, 2] true (height, width) at the top-left, on the CPU where the augmentation parameters are
+    # drawn (no device sync per step); None when every image fills S x S
+    sizes: Tensor | None
     indices: Tensor  # int64 [B]: positions in the split (files) or in this reader's stream (shards)
     labels: Tensor  # int64 [B]: class labels, -1 where the split has none
     skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def pin_memory(self) -> Batch:
+        """The DataLoader's pinning thread calls this: page-locked images copy to the GPU without blocking."""
+        return replace(self, images=self.images.pin_memory())
 
 
 def open_split(cfg: SourceConfig, split: Split) -> SplitData:
@@ -146,7 +152,6 @@ class TrainData:
             self.images, self.sizes = self._decode_all(self.split)
         if self.images is not None:
             self.images = self.images.to(device)
-            self.sizes = None if self.sizes is None else self.sizes.to(device)
 
     def _fits_in_memory(self, count: int) -> bool:
         if self.cfg.resident == "auto":
@@ -202,7 +207,7 @@ class TrainData:
         if self.resident:
             for index in rank_batches[start_step:]:
                 on_device = index.to(self.device)
-                sizes = None if self.sizes is None else self.sizes[on_device]
+                sizes = None if self.sizes is None else self.sizes[index]
                 yield Batch(self.images[on_device], sizes, index, torch.full_like(index, -1))
             return
         pin = self.device.type == "cuda"
@@ -214,12 +219,12 @@ class TrainData:
         else:
             sampler = [index.tolist() for index in rank_batches[start_step:]]
             batches = iter(_loader(_Files(self.split, self.fit), self.cfg.workers, pin, batch_sampler=sampler))
-        for taken, batch in zip(range(steps - start_step), batches):
+        for _, batch in zip(range(steps - start_step), batches):
             self._note_skipped(batch.skipped)
             if not len(batch.images):
                 raise HiclError(f"data: every image of a training batch was unreadable ({batch.skipped[0][1]})")
             yield Batch(batch.images.to(self.device, non_blocking=pin),
-                        batch.sizes.to(self.device, non_blocking=pin), batch.indices, batch.labels, batch.skipped)
+                        batch.sizes, batch.indices, batch.labels, batch.skipped)
 
 
 # -------------------------------------------------------------------------------------- evaluation
