@@ -120,6 +120,7 @@ def pretrain(
     from hicl.runs import RunDir
     from hicl.train.checkpoint import set_verification
     from hicl.train.loop import pretrain as run_pretrain
+    from hicl.train.signals import Stopped
 
     if resume and overwrite:
         raise HiclError("--resume and --overwrite exclude each other: continue the run, or start it afresh")
@@ -136,7 +137,11 @@ def pretrain(
         result = run_pretrain(
             resolved, resume=resume, overwrite=overwrite, console=console, show_progress=progress, init_from=init_from
         )
-    except KeyboardInterrupt:
+    except Stopped as stopped:  # a first Ctrl-C / SIGTERM: the step finished and a checkpoint was written
+        resume = shlex.quote(str(resolved.run_dir))
+        typer.echo(f"{stopped}, checkpoint written; continue with: hicl pretrain --resume {resume}", err=True)
+        raise typer.Exit(stopped.exit_code) from None
+    except KeyboardInterrupt:  # a second one: stopped at once, the previous checkpoint stands
         typer.echo(_interrupted_hint(manifest, set_, resolved.run_dir), err=True)
         raise typer.Exit(130) from None
     console.print(

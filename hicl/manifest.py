@@ -268,6 +268,9 @@ class RuntimeConfig(Section):
     threads: Annotated[int, Field(gt=0, le=1024)] | None = Field(None, description="CPU threads for torch; default: torch's choice")
     log_every: PositiveInt = Field(10, description="steps between metrics.jsonl lines")
     checkpoint_every: PositiveInt = Field(1, description="epochs between checkpoints (the last is always saved)")
+    checkpoint_every_steps: PositiveInt | None = Field(
+        None, description="also write a mid-epoch checkpoint every N steps (preemptible machines, long epochs)"
+    )
     channels_last: bool = Field(False, description="NHWC memory format for the network and its inputs (CUDA)")
     compile: bool = Field(False, description="torch.compile the stage networks; graph breaks are logged")
     sync_bn: bool = Field(False, description="BatchNorm statistics over all processes under torchrun (CUDA)")

@@ -209,7 +209,8 @@ def test_ctrl_c_hint_runs_as_printed(tmp_path):
     _, err = process.communicate(timeout=900)
     assert process.returncode == 130, err
     hint = err.strip().splitlines()[-1]
-    assert hint == "interrupted; continue with: hicl pretrain --resume runs/interrupted"
+    assert hint.startswith("stopped by SIGINT at step ")
+    assert hint.endswith(", checkpoint written; continue with: hicl pretrain --resume runs/interrupted")
     resumed = run_hint(hint, tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((run / "checkpoints" / "last" / "meta.json").read_text())["epoch"] == 30

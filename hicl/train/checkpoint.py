@@ -146,7 +146,7 @@ def checkpoint_progress(directory: Path) -> dict[str, int]:
     """(epoch, step) the checkpoint in `directory` has reached."""
     found = _require(directory)
     meta = read_meta(found)
-    return {"epoch": meta["epoch"], "step": meta["step"]}
+    return {key: value for key, value in meta.items() if key not in ("hicl", "optimizer", "sha256")}
 
 
 def _require(directory: Path) -> Path:
@@ -185,7 +185,8 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     generators: dict[str, torch.Generator],
 ) -> dict[str, Any]:
-    """Restore model, optimiser and generators in place; returns the progress (epoch, step)."""
+    """Restore model, optimiser and generators in place; returns the progress saved with them (epoch,
+    step, and for a mid-epoch checkpoint the position in the epoch and the epoch's running loss sums)."""
     found = _require(directory)
     meta = read_meta(found)
     backbone = _load(found / "backbone.safetensors", meta)
@@ -206,4 +207,4 @@ def load_checkpoint(
         torch.set_rng_state(trainer["rng.torch"])
     except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as exc:
         raise HiclError(f"{found}: trainer state does not match the manifest's optimiser ({str(exc)[:200]})") from None
-    return {"epoch": meta["epoch"], "step": meta["step"]}
+    return {key: value for key, value in meta.items() if key not in ("hicl", "optimizer", "sha256")}

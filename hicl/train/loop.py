@@ -28,6 +28,7 @@ from hicl.runs import RunDir, releases_run_locks
 from hicl.train.checkpoint import load_checkpoint, save_checkpoint
 from hicl.train.device import autocast, prepare_model, resolve_device, view_dtype
 from hicl.train.dist import read_env
+from hicl.train.signals import Stopped, stop_requests
 from hicl.train.health import check_health
 from hicl.train.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from hicl.train.progress import LineProgress
@@ -120,16 +121,21 @@ def pretrain(
     generators = {
         "order": torch.Generator().manual_seed(manifest.seed + ORDER_SEED_OFFSET),
         "augment": torch.Generator().manual_seed(manifest.seed + AUGMENT_SEED_OFFSET),
+        # the order generator as the current epoch began: a mid-epoch checkpoint redraws that epoch's order
+        "epoch_order": torch.Generator(),
     }
     # Only now that the manifest has proven buildable does the run directory appear.
     run = RunDir(manifest.run_dir)
     run.start(manifest, resume=resume, overwrite=overwrite)
     data_record = {"fingerprint": split_fingerprint(train.split), "loading": train.describe()}
     run.write_env(manifest, device, data_record | skipped_record(train))
-    start_epoch = 0
+    progress: dict = {"epoch": 0, "step": 0}
     if resume:
-        start_epoch = load_checkpoint(run.last_checkpoint, model, optimizer, generators)["epoch"]
-        run.truncate_metrics(after_step=start_epoch * steps_per_epoch)
+        progress = load_checkpoint(run.last_checkpoint, model, optimizer, generators)
+        run.truncate_metrics(after_step=progress["step"])
+        if progress.get("epoch_step"):
+            generators["order"].set_state(generators["epoch_order"].get_state())
+    start_epoch, resumed_step = progress["epoch"], progress.get("epoch_step", 0)
     console.print(f"data: {train.describe()}{skipped_line(train)}")
 
     epochs = manifest.schedule.epochs
@@ -138,16 +144,31 @@ def pretrain(
     base_lr = scaled_lr(manifest.optim)
     model.train()
 
-    step = start_epoch * steps_per_epoch
+    step = progress["step"]
+    every_steps = manifest.runtime.checkpoint_every_steps
     loss_value, rate, started = float("nan"), 0.0, time.perf_counter()
-    with progress_bar(console, show_progress) as bar:
+
+    def checkpoint(epochs_done: int, epoch_step: int = 0) -> None:
+        check_health(model, step, run.read_metrics())
+        state = {"epoch": epochs_done, "step": step}
+        if epoch_step:  # mid-epoch: where in the epoch, and the epoch's running sums for its record
+            state |= {"epoch_step": epoch_step, "epoch_loss_sum": epoch_loss_sum.item(),
+                      "epoch_stage_sum": epoch_stage_sum.tolist()}
+        save_checkpoint(run.last_checkpoint, model, optimizer, generators, state)
+
+    with progress_bar(console, show_progress) as bar, stop_requests() as stop_requested:
         task = bar.add_task(manifest.name, total=total_steps, completed=step, rate=0.0, losses="")
         for epoch in range(start_epoch, epochs):
+            first_step = resumed_step if epoch == start_epoch else 0
+            generators["epoch_order"].set_state(generators["order"].get_state())
             # Summed on the device: reading a loss back every step would stall a GPU run.
-            epoch_loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            epoch_stage_sum = torch.zeros(manifest.hierarchy.num_stages, dtype=torch.float64, device=device)
+            epoch_loss_sum = torch.tensor(progress.get("epoch_loss_sum", 0.0) if first_step else 0.0,
+                                          dtype=torch.float64, device=device)
+            epoch_stage_sum = torch.tensor(progress.get("epoch_stage_sum") if first_step else
+                                           [0.0] * manifest.hierarchy.num_stages, dtype=torch.float64, device=device)
             tick, seen, skipped_before = time.perf_counter(), 0, len(train.skipped)
-            for source in train.epoch(generators["order"], batch_size):
+            batches = train.epoch(generators["order"], batch_size, first_step)
+            for epoch_step, source in enumerate(batches, first_step + 1):
                 lr = lr_at(step, total_steps, warmup_steps, base_lr)
                 set_lr(optimizer, lr, base_lr)
                 batch = augmenter(source.images, generators["augment"], source.sizes)
@@ -174,6 +195,12 @@ def pretrain(
                     shown = " ".join(f"s{k + 1} {v:.3f}" for k, v in enumerate(stage_values))
                     bar.update(task, rate=rate, losses=f"loss {loss_value:.3f}  [{shown}]")
                 bar.update(task, advance=1)
+                if epoch_step < steps_per_epoch:  # the epoch's last step is saved by the epoch end
+                    signum = stop_requested()
+                    if signum is not None or (every_steps and step % every_steps == 0):
+                        checkpoint(epoch, epoch_step)
+                    if signum is not None:
+                        raise Stopped(signum, step)
 
             rate = seen / (time.perf_counter() - tick)
             epoch_loss = check_finite(epoch_loss_sum.item() / steps_per_epoch, step)
@@ -182,11 +209,13 @@ def pretrain(
             if len(train.skipped) > skipped_before:
                 run.write_env(manifest, device, data_record | skipped_record(train))
                 console.print(f"data: epoch {epoch + 1}{skipped_line(train)}")
-            if (epoch + 1) % manifest.runtime.checkpoint_every == 0 or epoch + 1 == epochs:
-                check_health(model, step, run.read_metrics())
-                save_checkpoint(run.last_checkpoint, model, optimizer, generators, {"epoch": epoch + 1, "step": step})
+            signum = stop_requested()
+            if (epoch + 1) % manifest.runtime.checkpoint_every == 0 or epoch + 1 == epochs or signum is not None:
+                checkpoint(epoch + 1)
+            if signum is not None and epoch + 1 < epochs:
+                raise Stopped(signum, step)
 
     wall = time.perf_counter() - started
     save_loss_plot(run.read_metrics(), run.results / "loss.png")
-    average_rate = (step - start_epoch * steps_per_epoch) * batch_size / wall if wall > 0 else 0.0
+    average_rate = (step - progress["step"]) * batch_size / wall if wall > 0 else 0.0
     return PretrainResult(run.path, epochs, step, loss_value, average_rate, wall)
