@@ -227,6 +227,21 @@ def export(
         typer.echo(line)
 
 
+@app.command()
+@user_errors
+def plot(run: RunArg) -> None:
+    """Redraw results/training.png (loss per stage, lr, kNN top-1) of a run, finished or still going."""
+    from hicl.plots import save_training_plot
+    from hicl.runs import open_run
+    from hicl.train.loop import TRAINING_PLOT
+
+    run_dir, _ = open_run(run)
+    written = save_training_plot(run_dir.read_metrics(), run_dir.results / TRAINING_PLOT)
+    if written is None:
+        raise HiclError(f"{run_dir.metrics_path}: no step records to plot yet")
+    console.print(f"wrote {written}")
+
+
 @app.command("probe-invariance")
 @user_errors
 def probe_invariance(

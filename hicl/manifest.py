@@ -268,6 +268,9 @@ class RuntimeConfig(Section):
     threads: Annotated[int, Field(gt=0, le=1024)] | None = Field(None, description="CPU threads for torch; default: torch's choice")
     log_every: PositiveInt = Field(10, description="steps between metrics.jsonl lines")
     checkpoint_every: PositiveInt = Field(1, description="epochs between checkpoints (the last is always saved)")
+    knn_every: PositiveInt | None = Field(
+        None, description="every N epochs, kNN top-1 of the backbone on the labeled splits (eval.knn_k, knn_temperature)"
+    )
     checkpoint_every_steps: PositiveInt | None = Field(
         None, description="also write a mid-epoch checkpoint every N steps (preemptible machines, long epochs)"
     )

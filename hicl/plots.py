@@ -15,30 +15,39 @@ if TYPE_CHECKING:
     from hicl.evaluate.invariance import ProbeResult
 
 
-def loss_figure(records: list[dict[str, Any]]) -> Figure:
-    """Total loss and the loss of every stage against the step, from metrics.jsonl step records."""
+def training_figure(records: list[dict[str, Any]]) -> Figure:
+    """From metrics.jsonl: total and per-stage loss, the learning rate and, when the run monitors it,
+    kNN top-1, each against the step (one panel each, sharing the step axis)."""
     steps = [r for r in records if r["kind"] == "step"]
-    figure = Figure(figsize=(7, 4), dpi=120)
-    axes = figure.add_subplot()
+    knn = [r for r in records if r["kind"] == "knn"]
+    figure = Figure(figsize=(7, 7 if knn else 5.5), dpi=120)
+    panels = figure.subplots(3 if knn else 2, 1, sharex=True, height_ratios=[3, 1, 1.5][: 3 if knn else 2])
+    axes = panels[0]
     x = [r["step"] for r in steps]
     if len(steps[0]["stage_losses"]) > 1:
         axes.plot(x, [r["loss"] for r in steps], color="black", label="total (weighted)")
     for k in range(len(steps[0]["stage_losses"])):
         axes.plot(x, [r["stage_losses"][k] for r in steps], label=f"stage {k + 1}")
-    axes.set_xlabel("step")
     axes.set_ylabel("loss")
     axes.legend()
-    axes.grid(alpha=0.3)
+    panels[1].plot(x, [r["lr"] for r in steps], color="tab:gray")
+    panels[1].set_ylabel("lr")
+    if knn:
+        panels[2].plot([r["step"] for r in knn], [100 * r["top1"] for r in knn], marker="o")
+        panels[2].set_ylabel(f"kNN top-1 % ({knn[-1]['head']})")
+    panels[-1].set_xlabel("step")
+    for panel in panels:
+        panel.grid(alpha=0.3)
     figure.tight_layout()
     return figure
 
 
-def save_loss_plot(records: list[dict[str, Any]], path: Path) -> Path | None:
-    """The loss figure as PNG; None (nothing written) when there are no step records to show."""
+def save_training_plot(records: list[dict[str, Any]], path: Path) -> Path | None:
+    """The training figure as PNG; None (nothing written) when there are no step records to show."""
     if not any(r.get("kind") == "step" for r in records):
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
-    loss_figure(records).savefig(path)
+    training_figure(records).savefig(path)
     return path
 
 

@@ -5,7 +5,7 @@
       env.json        versions, device, seed, command line, data fingerprint
       metrics.jsonl   one JSON object per logged step and per epoch
       checkpoints/last/   backbone.safetensors heads.safetensors trainer.safetensors meta.json
-      results/        loss.png, linear-eval and later probe outputs
+      results/        training.png, linear-eval, kNN, probe and export outputs
       .hicl.lock      the run lock (see hicl.lock): one writer at a time
 
 hicl deletes or rewrites only the entries above, and only after proving that each one lies inside

@@ -177,13 +177,13 @@ def test_export_unknown_format_and_missing_run(tmp_path):
 
 
 def test_loss_plot_shows_every_stage_from_the_metrics(tmp_path):
-    from hicl.plots import loss_figure
+    from hicl.plots import training_figure
 
     run_dir = pretrain(tiny_manifest(tmp_path, hierarchy={"mode": "add_one", "adapter": "pool_linear"}),
                        show_progress=False).run_dir
-    assert (run_dir / "results" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run_dir / "results" / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    lines = loss_figure(records).axes[0].get_lines()
+    lines = training_figure(records).axes[0].get_lines()
     steps = [r for r in records if r["kind"] == "step"]
     assert [line.get_label() for line in lines] == ["total (weighted)", "stage 1", "stage 2", "stage 3", "stage 4"]
     assert list(lines[0].get_ydata()) == [r["loss"] for r in steps]

@@ -99,3 +99,19 @@ def test_a_second_signal_stops_at_once_keeping_the_previous_checkpoint(tmp_path,
     assert result.exit_code == 130, result.output
     meta = json.loads((tmp_path / "runs" / "run" / "checkpoints" / "last" / "meta.json").read_text())
     assert (meta["epoch"], meta["step"]) == (1, 3) and "epoch_step" not in meta  # the epoch-1 checkpoint
+
+
+def test_knn_monitor_is_logged_plotted_and_changes_no_training_number(tmp_path, uninterrupted):
+    path = manifest_file(tmp_path, "run", knn_every=1)
+    result = runner.invoke(app, ["pretrain", str(path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "run"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    knn = [r for r in records if r["kind"] == "knn"]
+    assert [r["step"] for r in knn] == [3, 6] and all(0.0 <= r["top1"] <= 1.0 for r in knn)
+    assert "kNN top-1" in result.output
+    # the monitor reads the backbone in eval mode and draws no random numbers: training is unchanged
+    assert_same_tensors(checkpoint_tensors(uninterrupted), checkpoint_tensors(run))
+    (run / "results" / "training.png").unlink()
+    result = runner.invoke(app, ["plot", str(run)])
+    assert result.exit_code == 0 and (run / "results" / "training.png").read_bytes()[:4] == b"\x89PNG"

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from hicl.data import ImageSet
+from hicl.evaluate.features import extract_features
+from hicl.manifest import Manifest
 
 
 @torch.no_grad()
@@ -50,3 +54,14 @@ def knn_accuracy(scores: Tensor, labels: Tensor) -> tuple[float, float | None]:
     if scores.shape[1] > 5:
         top5 = (scores.topk(5, dim=1).indices == labels[:, None]).any(1).float().mean().item()
     return top1, top5
+
+
+def monitor_top1(backbone: nn.Module, train: ImageSet, test: ImageSet, head: str, manifest: Manifest,
+                 device: torch.device) -> float:
+    """kNN top-1 of `backbone`'s pooled features on one label head (`eval.knn_k`, `eval.knn_temperature`),
+    for the online monitor during pretraining. Leaves the backbone in eval mode; draws no random numbers."""
+    train_features = extract_features(backbone, train.images, manifest, device)
+    test_features = extract_features(backbone, test.images, manifest, device)
+    scores = weighted_knn(train_features, train.labels[head], test_features, train.num_classes[head],
+                          manifest.eval.knn_k, manifest.eval.knn_temperature)
+    return knn_accuracy(scores, test.labels[head])[0]

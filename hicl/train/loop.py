@@ -19,11 +19,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from hicl.augment.hierarchy import StageAugmenter
-from hicl.data import TrainData, split_fingerprint
+from hicl.data import ImageSet, TrainData, split_fingerprint
 from hicl.errors import HiclError
 from hicl.manifest import Manifest
 from hicl.models.network import build_model
-from hicl.plots import save_loss_plot
+from hicl.plots import save_training_plot
 from hicl.runs import RunDir, releases_run_locks
 from hicl.train.checkpoint import load_checkpoint, save_checkpoint
 from hicl.train.device import autocast, prepare_model, resolve_device, view_dtype
@@ -33,6 +33,7 @@ from hicl.train.health import check_health
 from hicl.train.optim import build_optimizer, lr_at, scaled_lr, set_lr
 from hicl.train.progress import LineProgress
 
+TRAINING_PLOT = "training.png"
 ORDER_SEED_OFFSET = 1
 AUGMENT_SEED_OFFSET = 2
 
@@ -68,6 +69,29 @@ def check_finite(loss: float, step: int) -> float:
     if not math.isfinite(loss):
         raise HiclError(f"training diverged by step {step} (loss {loss}); lower optim.lr")
     return loss
+
+
+@dataclass
+class KnnMonitor:
+    """kNN top-1 on the labeled splits, read once (evaluation transform) before training starts."""
+
+    manifest: Manifest
+    device: torch.device
+    train: ImageSet
+    test: ImageSet
+    head: str
+
+    def __call__(self, backbone: torch.nn.Module) -> float:
+        from hicl.evaluate.knn import monitor_top1
+
+        return monitor_top1(backbone, self.train, self.test, self.head, self.manifest, self.device)
+
+
+def knn_monitor(manifest: Manifest) -> KnnMonitor:
+    from hicl.evaluate.linear import eval_splits  # only runs that monitor need the evaluation layer
+
+    train, test, heads = eval_splits(manifest)
+    return KnnMonitor(manifest, resolve_device(manifest.runtime), train, test, heads[0])
 
 
 def skipped_record(train: TrainData, listed: int = 1000) -> dict:
@@ -124,6 +148,7 @@ def pretrain(
         # the order generator as the current epoch began: a mid-epoch checkpoint redraws that epoch's order
         "epoch_order": torch.Generator(),
     }
+    monitor = knn_monitor(manifest) if manifest.runtime.knn_every else None
     # Only now that the manifest has proven buildable does the run directory appear.
     run = RunDir(manifest.run_dir)
     run.start(manifest, resume=resume, overwrite=overwrite)
@@ -209,6 +234,11 @@ def pretrain(
             if len(train.skipped) > skipped_before:
                 run.write_env(manifest, device, data_record | skipped_record(train))
                 console.print(f"data: epoch {epoch + 1}{skipped_line(train)}")
+            if monitor is not None and (epoch + 1) % manifest.runtime.knn_every == 0:
+                top1 = monitor(model.backbone)
+                model.train()
+                run.log({"kind": "knn", "epoch": epoch, "step": step, "head": monitor.head, "top1": top1})
+                console.print(f"epoch {epoch + 1}: kNN top-1 {100 * top1:.1f} % ({monitor.head})")
             signum = stop_requested()
             if (epoch + 1) % manifest.runtime.checkpoint_every == 0 or epoch + 1 == epochs or signum is not None:
                 checkpoint(epoch + 1)
@@ -216,6 +246,6 @@ def pretrain(
                 raise Stopped(signum, step)
 
     wall = time.perf_counter() - started
-    save_loss_plot(run.read_metrics(), run.results / "loss.png")
+    save_training_plot(run.read_metrics(), run.results / TRAINING_PLOT)
     average_rate = (step - progress["step"]) * batch_size / wall if wall > 0 else 0.0
     return PretrainResult(run.path, epochs, step, loss_value, average_rate, wall)
