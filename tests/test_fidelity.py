@@ -19,12 +19,7 @@ from hicl.models.network import SSLModel, build_model
 from hicl.models.view_bn import convert_per_view, view_batches
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------- adapter

@@ -16,13 +16,7 @@ ALL_PARAM_KEYS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a small shared machine, competing OpenMP threads made the augmenter 30x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _canonical(ops: set[str]) -> list[str]:

@@ -22,14 +22,7 @@ BACKBONES = [("resnet18", 32), ("regnetx_002", 32), ("convnext_atto", 64), ("eff
 HAS_BATCHNORM = {"resnet18", "regnetx_002", "efficientnet_b0"}  # convnext normalises with LayerNorm
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a small shared machine two spinning OpenMP threads that compete with other
-    processes made these tiny forwards 10-30x slower; one thread keeps the file's runtime steady."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randn(*shape: int, seed: int) -> torch.Tensor:
