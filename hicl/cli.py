@@ -119,6 +119,7 @@ def pretrain(
     from hicl.manifest import load_manifest
     from hicl.runs import RunDir
     from hicl.train.checkpoint import set_verification
+    from hicl.train.dist import read_env
     from hicl.train.loop import pretrain as run_pretrain
     from hicl.train.signals import Stopped
 
@@ -138,12 +139,16 @@ def pretrain(
             resolved, resume=resume, overwrite=overwrite, console=console, show_progress=progress, init_from=init_from
         )
     except Stopped as stopped:  # a first Ctrl-C / SIGTERM: the step finished and a checkpoint was written
-        resume = shlex.quote(str(resolved.run_dir))
-        typer.echo(f"{stopped}, checkpoint written; continue with: hicl pretrain --resume {resume}", err=True)
+        if read_env().rank == 0:
+            resume = shlex.quote(str(resolved.run_dir))
+            launcher = "torchrun ... -m hicl pretrain" if read_env().distributed else "hicl pretrain"
+            typer.echo(f"{stopped}, checkpoint written; continue with: {launcher} --resume {resume}", err=True)
         raise typer.Exit(stopped.exit_code) from None
     except KeyboardInterrupt:  # a second one: stopped at once, the previous checkpoint stands
         typer.echo(_interrupted_hint(manifest, set_, resolved.run_dir), err=True)
         raise typer.Exit(130) from None
+    if read_env().rank != 0:  # rank 0 reports (and evaluates) for the whole torchrun job
+        return
     console.print(
         f"pretrained {result.steps} steps in {result.wall_s:.0f} s ({result.images_per_s:.0f} img/s on average), "
         f"final loss {result.final_loss:.4f} -> {result.run_dir}"

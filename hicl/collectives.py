@@ -7,6 +7,8 @@ process group itself is set up by `hicl.train.dist`.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
@@ -29,7 +31,9 @@ def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
     """
     if world_size() == 1:
         return t
-    return torch.cat(dist_fn.all_gather(t.contiguous()), dim=0)
+    with warnings.catch_warnings():  # deprecated in newer torch; its replacement is private API
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(dist_fn.all_gather(t.contiguous()), dim=0)
 
 
 @torch.no_grad()

@@ -247,7 +247,9 @@ class OptimConfig(Section):
         0.001, description="lars: eta in the trust ratio eta * ||w|| / ||g + wd * w||"
     )
     weight_decay: Annotated[float, Field(ge=0.0)] = 5e-4
-    batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)] = 256
+    batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH)] = Field(
+        256, description="the global batch; under torchrun each process takes batch_size / processes"
+    )
 
 
 class ScheduleConfig(Section):

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import torch
 
 import hicl
+from hicl.collectives import world_size
 from hicl.errors import HiclError
 from hicl.lock import LOCK_NAME, RunLock
 from hicl.manifest import Manifest, dump_manifest, load_manifest
@@ -125,6 +126,7 @@ class RunDir:
             "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
             "torch_threads": torch.get_num_threads(),
+            "processes": world_size(),  # torchrun ranks; the batch is split over them
             "seed": manifest.seed,
             "command": sys.argv,
             "data": data,

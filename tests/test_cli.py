@@ -121,9 +121,11 @@ def test_every_shipped_manifest_validates(path):
     assert result.exit_code == 0, result.output
 
 
-def test_pretrain_under_torchrun_is_refused_in_one_line(tmp_path, monkeypatch):
+def test_a_hand_set_world_size_without_torchrun_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
     path = write(tmp_path, {"name": "x", "output": {"dir": str(tmp_path / "runs")}})
     result = runner.invoke(app, ["pretrain", str(path)])
-    assert result.exit_code == 2 and "torchrun" in result.output and not (tmp_path / "runs").exists()
+    assert result.exit_code == 2 and "MASTER_ADDR" in result.output and "torchrun" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "runs").exists()

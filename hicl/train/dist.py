@@ -8,26 +8,24 @@ LOCAL_RANK (plus MASTER_ADDR/MASTER_PORT); hicl reads them here and never launch
 
 Without torchrun (no WORLD_SIZE, or 1) every helper is a no-op and training is exactly single-process.
 
-How the loop uses these helpers, in this order:
+How `hicl.train.loop.pretrain` uses these helpers:
 
 1. `env, device = init_distributed(resolve_device(runtime))`: reads the torchrun variables, pins the
    process to `cuda:LOCAL_RANK` on CUDA and initialises the process group (NCCL on CUDA, gloo on CPU).
 2. `torch.manual_seed(manifest.seed)` before `build_model`: every rank builds the same initial weights
-   (DDP also broadcasts rank 0's at wrapping). Generators that must differ per rank (augmentation,
-   and the data order inside the rank's shard) are seeded with `rank_seed(seed + offset, env.rank)`;
-   rank 0 gets the seed itself, so one process reproduces an unsharded run. The shard itself (which
-   images a rank sees) comes from the data layer, from the same permutation on every rank.
-3. `model = prepare_model(model, runtime, device)` (hicl.train.device: SyncBN when `runtime.sync_bn`
-   and world > 1, device, channels_last, compile), then `build_optimizer(...)` on `model` (after
-   SyncBN conversion, which replaces modules), then `ddp = wrap_ddp(model, device)`.
-4. Each step: `stage_losses = ddp(batch)` (DDP's forward is `SSLModel.forward = stage_losses`; calling
-   the wrapper is what lets it all-reduce the gradients), `loss = model.total_loss(stage_losses)`,
-   backward, optimizer step, `model.after_optimizer_step(step, total_steps)` (on the unwrapped model).
-   The per-rank loss is this rank's share; for logging, `mean_over_ranks(loss)` gives the global loss
-   (call it only at logging steps: it synchronises the host).
-5. `is_main()` alone writes the run directory, metrics, checkpoints and draws progress; checkpoints
-   are taken from the unwrapped `model` (`model.backbone.state_dict()`, so wrappers never change
-   keys). On `--resume` every rank loads the same checkpoint (then `barrier()` before training).
+   (DDP also broadcasts rank 0's at wrapping). The augmentation generator differs per rank:
+   `rank_seed(seed + offset, env.rank)`, with rank 0 keeping the seed itself, so one process draws what
+   rank 0 draws. The data order is the same permutation on every rank; the data layer gives each rank
+   its share of every global batch.
+3. `prepare_model` (SyncBN when `runtime.sync_bn` and world > 1, device, channels_last, compile), then
+   `build_optimizer` (after SyncBN conversion, which replaces modules), then `wrap_ddp`.
+4. Each step calls the wrapper (`SSLModel.forward` is `stage_losses`; calling the wrapper is what lets
+   it all-reduce the gradients) and `model.after_optimizer_step` on the unwrapped model. At logging
+   steps only (it synchronises the host) `mean_over_ranks` gives the job's loss, and `max_over_ranks`
+   lets the ranks agree on a stop signal.
+5. `on_main` runs what writes files (run directory, checkpoints) on rank 0 and makes every rank fail
+   if it failed; checkpoints are taken from the unwrapped model, with every rank's augmentation
+   generator (`gather_objects`). On `--resume` every rank loads the same checkpoint.
 6. `shutdown()` at the end (also on error).
 
 The objectives gather what couples samples across the global batch (`hicl.collectives`): SimCLR's
@@ -41,7 +39,9 @@ therefore rank 0's own (or global with SyncBN) in the checkpoint.
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +51,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hicl.collectives import rank, world_size
 from hicl.errors import HiclError
+
+_DDP_OPTIONS = inspect.signature(DistributedDataParallel.__init__).parameters
 
 # Per-rank seeds: rank r adds r times a large prime, far from the small offsets the loop adds per purpose.
 RANK_SEED_STRIDE = 1_000_003
@@ -97,7 +99,11 @@ def init_distributed(device: torch.device) -> tuple[DistEnv, torch.device]:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=env.rank, world_size=env.world_size)
+        try:
+            dist.init_process_group(backend, rank=env.rank, world_size=env.world_size)
+        except (ValueError, RuntimeError) as exc:  # e.g. WORLD_SIZE set by hand without MASTER_ADDR
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise HiclError(f"torch.distributed ({backend}): could not join the job: {first}; start it with torchrun") from None
     return env, device
 
 
@@ -109,11 +115,6 @@ def shutdown() -> None:
 def is_main() -> bool:
     """True on the process that writes files and draws progress (rank 0, or the only process)."""
     return rank() == 0
-
-
-def barrier() -> None:
-    if world_size() > 1:
-        dist.barrier()
 
 
 def rank_seed(seed: int, rank: int) -> int:
@@ -130,6 +131,42 @@ def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
     return out / world_size()
 
 
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest of every process's `value`, known to all of them (a collective: every rank calls it)."""
+    if world_size() == 1:
+        return value
+    t = torch.tensor([value], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def gather_objects(obj: object) -> list:
+    """Every process's `obj` in rank order (a collective); `[obj]` with one process."""
+    if world_size() == 1:
+        return [obj]
+    objects: list = [None] * world_size()
+    dist.all_gather_object(objects, obj)
+    return objects
+
+
+def on_main(action: Callable[[], None]) -> None:
+    """`action()` on rank 0 alone (files, the run directory). If it fails there, every rank raises, so
+    that none waits forever at its next collective for a rank that is gone."""
+    error: Exception | None = None
+    if is_main():
+        try:
+            action()
+        except Exception as exc:  # re-raised below, after the other ranks have heard of it
+            error = exc
+    if world_size() > 1:
+        succeeded = [error is None]
+        dist.broadcast_object_list(succeeded, src=0)
+        if not succeeded[0] and error is None:
+            raise HiclError("stopped: rank 0 failed (its error is printed by rank 0)")
+    if error is not None:
+        raise error
+
+
 def convert_sync_bn(model: nn.Module, device: torch.device) -> nn.Module:
     """Every BatchNorm as SyncBatchNorm (statistics over all processes); unchanged with one process."""
     if world_size() == 1:
@@ -144,4 +181,8 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     if world_size() == 1:
         return model
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False, gradient_as_bucket_view=True)
+    # No buffer broadcast before each forward; newer torch spells that `forward_sync_buffers` and warns
+    # about the old name (both still sync at init, where every rank's buffers are the same anyway).
+    no_buffer_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_OPTIONS
+                      else {"broadcast_buffers": False})
+    return DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True, **no_buffer_sync)
