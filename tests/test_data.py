@@ -186,6 +186,19 @@ def test_folder_eval_split_is_centre_cropped_with_labels(tmp_path):
     assert test.labels["class"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2] and test.num_classes == {"class": 3}
 
 
+def test_an_eval_split_too_large_for_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+    import hicl.data.loader as loader
+
+    write_folder(tmp_path, {"train": 2, "val": 3})
+    cfg = data_config(source="folder", root=str(tmp_path), workers=0)
+    need = 9 * 3 * 16 * 16  # 9 test images decoded at 16 px, uint8
+    monkeypatch.setattr(loader, "available_memory", lambda: need)  # 80 % of it is usable: too little
+    with pytest.raises(HiclError, match=r"test split \(9 images at 16 px\).*data.max_images"):
+        load_split(cfg, "test", view_size=16)
+    monkeypatch.setattr(loader, "available_memory", lambda: 2 * need)
+    assert load_split(cfg, "test", view_size=16).images.shape == (9, 3, 16, 16)
+
+
 def test_streamed_and_resident_folders_give_the_same_batches(tmp_path):
     write_folder(tmp_path, {"train": 4, "val": 1})
     common = dict(source="folder", root=str(tmp_path), image_size=32)

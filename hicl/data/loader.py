@@ -265,6 +265,29 @@ def eval_batches(
             return
 
 
+def available_memory() -> int | None:
+    """Bytes available for new allocations (Linux's MemAvailable: free memory plus reclaimable page
+    cache, which reading a dataset fills), or None where the system does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_fits_in_memory(split: Split, count: int, size: int) -> None:
+    """A one-line error, before decoding starts, when a split's decoded images would not fit in memory."""
+    need, free = count * 3 * size * size, available_memory()
+    if free is not None and need > 0.8 * free:
+        raise HiclError(
+            f"data: the {split} split ({count:,} images at {size} px) needs {need / 2**30:.1f} GiB in memory for "
+            f"evaluation and {free / 2**30:.1f} GiB are free; evaluate a subset with --set data.max_images=N"
+        )
+
+
 def load_split(cfg: SourceConfig, split: Split, view_size: int | None = None) -> ImageSet:
     """A whole split decoded in memory with the evaluation transform (at `data.image_size` by default).
 
@@ -274,6 +297,8 @@ def load_split(cfg: SourceConfig, split: Split, view_size: int | None = None) ->
     size = view_size or cfg.image_size
     if isinstance(data, ArraySplit) and data.images.shape[-1] == size:
         return ImageSet(data.images, data.labels, data.num_classes)
+    if not isinstance(data, ArraySplit):
+        check_fits_in_memory(split, len(data), size)
     images: list[Tensor] = []
     labels: dict[str, list[Tensor]] = {}
     for chunk, chunk_labels in eval_batches(cfg, split, size, data=data):
