@@ -90,3 +90,35 @@ def test_probe_reads_a_run_its_timm_export_and_its_hicl_export_alike(tiny_run, t
     # (the timm export carries no data section, so only the run and the hicl export share the images)
     assert outputs["run"]["targets"][0]["cells"] == outputs["hicl"]["targets"][0]["cells"]
     assert outputs["timm"]["targets"][0]["stages"] == outputs["run"]["targets"][0]["stages"] == ["layer4"]
+
+
+def test_fast_protocols_stream_the_splits_and_match_them_decoded(tiny_run, monkeypatch):
+    from safetensors.torch import load_file
+
+    from hicl.data import load_split, tensor_fingerprint
+    from hicl.evaluate import linear
+    from hicl.evaluate.features import model_input, pretrained_backbone
+    from hicl.manifest import load_manifest
+
+    manifest = load_manifest(tiny_run / "manifest.yaml")
+    decoded = {split: load_split(manifest.data, split, manifest.view_size) for split in ("train", "test")}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the fast protocols must not decode a whole split into memory")
+
+    monkeypatch.setattr(linear, "load_split", refuse)
+    runner = CliRunner()
+    for command in ("linear-eval", "knn"):
+        result = runner.invoke(app, [command, str(tiny_run)])
+        assert result.exit_code == 0, result.output
+    knn = json.loads((tiny_run / "results" / "knn.json").read_text())
+    assert knn["data_fingerprint"] == {split: tensor_fingerprint(d.images) for split, d in decoded.items()}
+    cached = load_file(tiny_run / "results" / "features" / "pretrained.safetensors")
+    backbone, _ = pretrained_backbone(manifest, tiny_run / "checkpoints" / "last")
+    with torch.no_grad():
+        for split, images in decoded.items():
+            assert len(images.labels) > 1  # the synthetic heads: shape, hue, ...
+            for head, labels in images.labels.items():
+                assert torch.equal(cached[f"{split}/labels/{head}"], labels)
+            expected = backbone.eval()(model_input(images.images, manifest.view_size, manifest.augment.normalize))
+            assert torch.allclose(cached[f"{split}/layer4"], expected, rtol=1e-4, atol=1e-5)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -59,20 +60,6 @@ def random_backbone(manifest: Manifest) -> tuple[nn.Module, str]:
     return create_backbone(manifest.backbone), f"random-{manifest.backbone.name}-{manifest.seed}"
 
 
-def cached_features(cache: Path, key: str, compute: dict[str, Callable[[], torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Features per split from `cache` if it was written for `key`, else computed and written."""
-    if cache.is_file():
-        with safe_open(cache, framework="pt") as f:
-            if (f.metadata() or {}).get("key") == key and set(f.keys()) == set(compute):
-                return {name: f.get_tensor(name) for name in compute}
-    features = {name: fn() for name, fn in compute.items()}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in features.items()}, tmp, metadata={"key": key})
-    tmp.replace(cache)
-    return features
-
-
 class StageFeatures:
     """Global-average-pooled output of every `feature_info` stage of a timm model, in one forward pass.
 
@@ -124,44 +111,72 @@ class StageFeatures:
         return out
 
 
+@dataclass(frozen=True)
+class SplitFeatures:
+    """A labeled split reduced to what the fast protocols need: pooled features per stage, labels per
+    head, and the fingerprint of the uint8 images they came from (`tensor_fingerprint` of the split)."""
+
+    features: dict[str, torch.Tensor]  # stage -> float32 [N, C]
+    labels: dict[str, torch.Tensor]  # head -> int64 [N]
+    fingerprint: str
+
+
+Batches = Iterable[tuple[torch.Tensor, dict[str, torch.Tensor]]]  # (uint8 [B, 3, S, S], labels per head)
+
+
 @torch.no_grad()
-def extract_stage_features(
-    stage_features: StageFeatures,
-    stages: list[str],
-    images: torch.Tensor,
-    manifest: Manifest,
-    device: torch.device,
-    batch_size: int = 512,
-) -> dict[str, torch.Tensor]:
-    """Pooled features {stage: [N, C]} (on the CPU) of uint8 images, resized and normalised as for training."""
+def stream_stage_features(
+    stage_features: StageFeatures, stages: list[str], batches: Batches, manifest: Manifest, device: torch.device
+) -> SplitFeatures:
+    """One pass over a split's batches: pooled features (on the CPU), labels and the images' fingerprint,
+    without ever holding the images (so that ImageNet-scale splits fit)."""
     chunks: dict[str, list[torch.Tensor]] = {s: [] for s in stages}
-    for start in range(0, len(images), batch_size):
-        x = model_input(images[start : start + batch_size].to(device), manifest.view_size, manifest.augment.normalize)
-        out = stage_features(x)
+    labels: dict[str, list[torch.Tensor]] = {}
+    digest = hashlib.sha256()  # over the images in order: equals tensor_fingerprint of the whole split
+    for images, batch_labels in batches:
+        digest.update(images.contiguous().cpu().numpy().tobytes())
+        out = stage_features(model_input(images.to(device), manifest.view_size, manifest.augment.normalize))
         for s in stages:
             chunks[s].append(out[s].cpu())
-    return {s: torch.cat(c) for s, c in chunks.items()}
+        for head, y in batch_labels.items():
+            labels.setdefault(head, []).append(y)
+    if not chunks[stages[0]]:
+        raise HiclError("data: no readable images in an evaluation split")
+    return SplitFeatures({s: torch.cat(c) for s, c in chunks.items()}, {h: torch.cat(y) for h, y in labels.items()},
+                         digest.hexdigest()[:16])
 
 
-def cached_stage_features(
+def cached_split_features(
     cache: Path,
     key: str,
     stage_features: StageFeatures,
     stages: list[str],
-    splits: dict[str, torch.Tensor],
+    splits: dict[str, Callable[[], Batches]],
     manifest: Manifest,
     device: torch.device,
-) -> dict[str, dict[str, torch.Tensor]]:
-    """{split: {stage: pooled features}} of uint8 images per split, cached in `cache` under `key`."""
-    computed: dict[str, dict[str, torch.Tensor]] = {}
-
-    def compute(split: str, stage: str) -> torch.Tensor:
-        if split not in computed:  # one forward pass per split serves every stage
-            computed[split] = extract_stage_features(stage_features, stages, splits[split], manifest, device)
-        return computed[split][stage]
-
-    flat = cached_features(
-        cache, f"{key}|stages={','.join(stages)}",
-        {f"{split}/{stage}": (lambda sp=split, st=stage: compute(sp, st)) for split in splits for stage in stages},
-    )
-    return {split: {stage: flat[f"{split}/{stage}"] for stage in stages} for split in splits}
+) -> dict[str, SplitFeatures]:
+    """{split: its features, labels and fingerprint}, read from `cache` if it was written for `key`
+    (the backbone's weights and the stages), else computed from the split's batches and written."""
+    key = f"{key}|stages={','.join(stages)}|splits={','.join(splits)}"
+    if cache.is_file():
+        with safe_open(cache, framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("key") == key:
+                names = list(f.keys())
+                return {
+                    split: SplitFeatures(
+                        {s: f.get_tensor(f"{split}/{s}") for s in stages},
+                        {n.rsplit("/", 1)[1]: f.get_tensor(n) for n in names if n.startswith(f"{split}/labels/")},
+                        meta[f"{split}/fingerprint"],
+                    )
+                    for split in splits
+                }
+    computed = {split: stream_stage_features(stage_features, stages, batches(), manifest, device)
+                for split, batches in splits.items()}
+    tensors = {f"{split}/{s}": x.contiguous() for split, sf in computed.items() for s, x in sf.features.items()}
+    tensors |= {f"{split}/labels/{h}": y.contiguous() for split, sf in computed.items() for h, y in sf.labels.items()}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    save_file(tensors, tmp, metadata={"key": key, **{f"{split}/fingerprint": sf.fingerprint for split, sf in computed.items()}})
+    tmp.replace(cache)
+    return computed

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from hicl.evaluate.features import cached_stage_features
+from hicl.evaluate.features import cached_split_features
 from hicl.evaluate.knn import knn_accuracy, weighted_knn
-from hicl.evaluate.linear import eval_splits, frozen_backbones
+from hicl.evaluate.linear import frozen_backbones, streamed_splits
 from hicl.evaluate.provenance import provenance
 from hicl.manifest import Manifest
 from hicl.runs import RunDir
@@ -18,28 +18,30 @@ def knn_eval(manifest: Manifest, run: RunDir, console: Console | None = None) ->
     console = console or Console(stderr=True)
     cfg = manifest.eval
     device = resolve_device(manifest.runtime)
-    train, test, heads = eval_splits(manifest)
+    splits = streamed_splits(manifest)
     by_stage: dict[str, dict] = {}
     result: dict = {"run": str(run.path)}
     for frozen in frozen_backbones(manifest, run, device):
         name, stages = frozen.name, frozen.stages
         with console.status(f"features of the {name.replace('_', ' ')} backbone"):
-            features = cached_stage_features(
+            split_features = cached_split_features(
                 run.results / "features" / f"{name}.safetensors", frozen.key, frozen.features, stages,
-                {"train": train.images, "test": test.images}, manifest, device,
+                splits.batches, manifest, device,
             )
+        train, test = split_features["train"], split_features["test"]
         for stage in stages:
-            rows = by_stage.setdefault(stage, {h: {"classes": train.num_classes[h]} for h in heads})
-            for h in heads:
+            rows = by_stage.setdefault(stage, {h: {"classes": splits.num_classes[h]} for h in splits.heads})
+            for h in splits.heads:
                 scores = weighted_knn(
-                    features["train"][stage], train.labels[h], features["test"][stage], train.num_classes[h],
+                    train.features[stage], train.labels[h], test.features[stage], splits.num_classes[h],
                     cfg.knn_k, cfg.knn_temperature,
                 )
                 top1, top5 = knn_accuracy(scores, test.labels[h])
                 rows[h][name] = {"top1": top1, "top5": top5}
         if name == "pretrained":
             protocol = {"name": "knn", "k": cfg.knn_k, "temperature": cfg.knn_temperature, "stage": cfg.stage}
-            result.update(provenance(manifest, frozen.weights, {"train": train.images, "test": test.images}, protocol))
+            fingerprints = {split: f.fingerprint for split, f in split_features.items()}
+            result.update(provenance(manifest, frozen.weights, fingerprints, protocol))
     result["stages"] = {stage: {"heads": rows} for stage, rows in by_stage.items()}
     result["heads"] = by_stage[list(by_stage)[-1]]
     run.write_result("knn.json", result)

@@ -3,15 +3,17 @@
 `eval.stage` picks the pooled features: `last` (the model's output), `all` (every `feature_info`
 stage, a per-stage table as in the multi-stage probes of mmselfsup and VISSL), an index or a name.
 
-- `fast` protocol: features computed once (cached) without augmentation, standardised with the
-  training split's mean and std; one linear layer per head trained with SGD (momentum 0.9, cosine lr)
-  on mini-batches drawn from a seeded generator. The heads share the batches but not their weights,
+- `fast` protocol: features computed once (cached) without augmentation, streamed from the splits
+  (the images are never all in memory), standardised with the training split's mean and std; one
+  linear layer per head trained with SGD (momentum 0.9, cosine lr) on mini-batches drawn from a
+  seeded generator. The heads share the batches but not their weights,
   so training them together equals training them apart.
 - `paper` protocol (`fit_linear_paper`): augmented training views, step decay, center crop at test.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +25,11 @@ from rich.table import Table
 from torch import nn
 
 from hicl.augment import Pipeline, identity_params
-from hicl.data import ImageSet, load_split
+from hicl.data import ImageSet, eval_batches, load_split, open_split
 from hicl.errors import HiclError
-from hicl.evaluate.features import StageFeatures, cached_stage_features, pretrained_backbone, random_backbone
+from hicl.evaluate.features import (
+    Batches, StageFeatures, cached_split_features, pretrained_backbone, random_backbone,
+)
 from hicl.evaluate.provenance import provenance
 from hicl.manifest import EvalConfig, Manifest
 from hicl.runs import RunDir
@@ -103,14 +107,37 @@ def frozen_backbones(manifest: Manifest, run: RunDir, device: torch.device) -> I
         yield FrozenBackbone(name, key, weights, features, stages)
 
 
-def eval_splits(manifest: Manifest) -> tuple[ImageSet, ImageSet, list[str]]:
-    """The labeled train and test splits with the evaluation transform, and the heads to score."""
-    train, test = (load_split(manifest.data, split, manifest.view_size) for split in ("train", "test"))
-    heads = manifest.eval.heads or list(train.labels)
-    unknown = [h for h in heads if h not in train.labels]
+def eval_heads(manifest: Manifest, available: list[str]) -> list[str]:
+    """The label heads to score: `eval.heads`, checked against the data's, or all of them."""
+    heads = manifest.eval.heads or available
+    unknown = [h for h in heads if h not in available]
     if unknown:
-        raise HiclError(f"eval.heads: no label head {unknown[0]!r}; the data has {', '.join(train.labels)}")
-    return train, test, heads
+        raise HiclError(f"eval.heads: no label head {unknown[0]!r}; the data has {', '.join(available)}")
+    return heads
+
+
+def eval_splits(manifest: Manifest) -> tuple[ImageSet, ImageSet, list[str]]:
+    """The labeled train and test splits decoded in memory with the evaluation transform, and the heads
+    to score (for the paper protocol and the training monitor; the fast protocols stream)."""
+    train, test = (load_split(manifest.data, split, manifest.view_size) for split in ("train", "test"))
+    return train, test, eval_heads(manifest, list(train.labels))
+
+
+@dataclass(frozen=True)
+class StreamedSplits:
+    """The labeled splits opened (files listed, nothing decoded), for the cached-feature protocols."""
+
+    batches: dict[str, Callable[[], Batches]]  # split -> its batches with the evaluation transform, in order
+    num_classes: dict[str, int]
+    heads: list[str]
+
+
+def streamed_splits(manifest: Manifest) -> StreamedSplits:
+    opened = {split: open_split(manifest.data, split) for split in ("train", "test")}
+    batches = {split: functools.partial(eval_batches, manifest.data, split, manifest.view_size, data=data)
+               for split, data in opened.items()}
+    num_classes = dict(opened["train"].num_classes)
+    return StreamedSplits(batches, num_classes, eval_heads(manifest, list(num_classes)))
 
 
 def linear_eval(manifest: Manifest, run: RunDir, console: Console | None = None) -> dict:
@@ -119,7 +146,12 @@ def linear_eval(manifest: Manifest, run: RunDir, console: Console | None = None)
     console = console or Console(stderr=True)
     cfg = manifest.eval
     device = resolve_device(manifest.runtime)
-    train, test, heads = eval_splits(manifest)
+    if cfg.protocol == "fast":
+        streamed = streamed_splits(manifest)
+        num_classes, heads = streamed.num_classes, streamed.heads
+    else:
+        train, test, heads = eval_splits(manifest)
+        num_classes = train.num_classes
     by_stage: dict[str, dict] = {}
     result: dict = {"run": str(run.path)}
     for frozen in frozen_backbones(manifest, run, device):
@@ -127,29 +159,32 @@ def linear_eval(manifest: Manifest, run: RunDir, console: Console | None = None)
         label = name.replace("_", " ")
         if cfg.protocol == "fast":
             with console.status(f"features of the {label} backbone"):
-                features = cached_stage_features(
+                split_features = cached_split_features(
                     run.results / "features" / f"{name}.safetensors", frozen.key, stage_features, stages,
-                    {"train": train.images, "test": test.images}, manifest, device,
+                    streamed.batches, manifest, device,
                 )
+            train_set, test_set = split_features["train"], split_features["test"]
             with console.status(f"linear probes on the {label} features"):
                 scores = {
                     stage: fit_linear_probes(
-                        features["train"][stage], {h: train.labels[h] for h in heads},
-                        features["test"][stage], {h: test.labels[h] for h in heads},
-                        train.num_classes, cfg, manifest.seed,
+                        train_set.features[stage], {h: train_set.labels[h] for h in heads},
+                        test_set.features[stage], {h: test_set.labels[h] for h in heads},
+                        num_classes, cfg, manifest.seed,
                     )
                     for stage in stages
                 }
+            data: dict = {split: f.fingerprint for split, f in split_features.items()}
         else:
             with console.status(f"linear probes on the {label} backbone (paper protocol, {cfg.epochs} epochs)"):
                 scores = fit_linear_paper(stage_features, stages, train, test, heads, manifest, device)
+            data = {"train": train.images, "test": test.images}
         for stage in stages:
-            rows = by_stage.setdefault(stage, {h: {"classes": train.num_classes[h]} for h in heads})
+            rows = by_stage.setdefault(stage, {h: {"classes": num_classes[h]} for h in heads})
             for h in heads:
                 rows[h][name] = {"top1": scores[stage][h].top1, "top5": scores[stage][h].top5}
         if name == "pretrained":
             protocol = {"name": cfg.protocol, **cfg.model_dump(mode="json", exclude={"after_pretrain"})}
-            result.update(provenance(manifest, frozen.weights, {"train": train.images, "test": test.images}, protocol))
+            result.update(provenance(manifest, frozen.weights, data, protocol))
     result["stages"] = {stage: {"heads": rows} for stage, rows in by_stage.items()}
     result["heads"] = by_stage[list(by_stage)[-1]]  # the deepest evaluated stage (the model output for `last`)
     run.write_result("linear_eval.json", result)

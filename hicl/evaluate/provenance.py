@@ -23,11 +23,12 @@ def file_hash(path: Path | None) -> str | None:
 
 
 def provenance(
-    manifest: Manifest, weights: Path | None, images: dict[str, torch.Tensor], protocol: dict[str, Any]
+    manifest: Manifest, weights: Path | None, data: dict[str, torch.Tensor | str], protocol: dict[str, Any]
 ) -> dict[str, Any]:
+    """`data`: per split, the uint8 images or their `tensor_fingerprint` (when they were streamed)."""
     return {
         "manifest_hash": manifest_hash(manifest),
         "checkpoint_hash": file_hash(weights),
-        "data_fingerprint": {split: tensor_fingerprint(x.cpu()) for split, x in images.items()},
+        "data_fingerprint": {split: x if isinstance(x, str) else tensor_fingerprint(x.cpu()) for split, x in data.items()},
         "protocol": protocol,
     }
