@@ -31,7 +31,8 @@ import torch
 from hicl.augment.hierarchy import StageAugmenter
 from hicl.manifest import Manifest, load_manifest
 from hicl.models.network import build_model
-from hicl.train.device import autocast, graph_breaks, prepare_model, view_dtype
+from hicl.train.device import graph_breaks, prepare_model, view_dtype
+from hicl.train.loop import train_step
 from hicl.train.optim import build_optimizer
 
 
@@ -65,20 +66,16 @@ def measure(manifest: Manifest, device: torch.device, warmup: int, iters: int) -
     generator = torch.Generator(device=device).manual_seed(manifest.seed)
     breaks_before = sum(graph_breaks().values())
 
-    def train_step(batch) -> None:
-        with autocast(runtime, device):
-            loss = model.total_loss(model(batch))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def step(batch) -> None:  # the training loop's own step
+        train_step(model, model, optimizer, batch, manifest, device)
         model.after_optimizer_step(0, 1)
 
     fixed = augmenter(host[0].to(device), generator)
-    model_step = _rate(lambda i: train_step(fixed), batch_size, warmup, iters, device)
+    model_step = _rate(lambda i: step(fixed), batch_size, warmup, iters, device)
 
     def end_to_end(i: int) -> None:
         images = host[i % host.shape[0]].to(device, non_blocking=True)
-        train_step(augmenter(images, generator))
+        step(augmenter(images, generator))
 
     e2e = _rate(end_to_end, batch_size, warmup, iters, device)
     breaks = sum(graph_breaks().values()) - breaks_before
@@ -87,10 +84,6 @@ def measure(manifest: Manifest, device: torch.device, warmup: int, iters: int) -
     if device.type == "cuda":
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         torch.cuda.reset_peak_memory_stats(device)
-    del model, optimizer, fixed  # noqa: F821 (closure cells; freed before the next variant is built)
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return result
 
 
@@ -119,6 +112,9 @@ def main() -> None:
             manifest.hierarchy.mode = mode
             manifest.runtime.compile = kind == "compiled"
             rows.append({"mode": mode, "compile": kind, **measure(manifest, device, args.warmup, args.iters)})
+            gc.collect()  # the variant's model, freed before the next one is built
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
             print(f"  {mode} {kind}: model step {rows[-1]['model_step']:.1f} img/s, "
                   f"end to end {rows[-1]['end_to_end']:.1f} img/s", flush=True)
     print(f"{'hierarchy':<10} {'':<9} {'stages':>6} {'model step img/s':>17} {'end to end img/s':>17} "
