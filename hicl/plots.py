@@ -77,7 +77,8 @@ def invariance_figure(results: list[tuple[str, ProbeResult]]) -> Figure:
     metrics = [("invariance", "invariance", "viridis", (0.0, 1.0), ".2f"),
                ("over_chance", "predictability over chance", "magma", (0.0, 1.0), ".2f")]
     columns = len(results) + (1 if len(results) == 2 else 0)
-    figure = Figure(figsize=(1.0 + 0.62 * len(ops) * columns, 1.2 + 0.9 * len(stages)), dpi=120)
+    # rows of at least 1.8 in: titles and rotated op names need room even for a single stage
+    figure = Figure(figsize=(1.0 + 0.62 * len(ops) * columns, max(3.6, 1.2 + 0.9 * len(stages))), dpi=120)
     axes = figure.subplots(2, columns, squeeze=False)
     for r, (metric, name, cmap, limits, fmt) in enumerate(metrics):
         grids = [grid(result, metric) for _, result in results]
