@@ -21,7 +21,10 @@ from hicl.augment.hierarchy import StageViews
 from hicl.manifest import OptimConfig
 from hicl.methods import METHODS
 from hicl.models.network import SSLModel
-from hicl.train.dist import init_distributed, mean_over_ranks, rank_seed, shutdown, wrap_ddp
+from hicl.errors import HiclError
+from hicl.train.dist import (
+    gather_objects, init_distributed, max_over_ranks, mean_over_ranks, on_main, rank_seed, shutdown, wrap_ddp,
+)
 from hicl.train.optim import build_optimizer
 
 WORLD = 2
@@ -104,6 +107,18 @@ def _worker(rank: int, port: int, out: str) -> None:
         module = _model(GATHERING[0])
         results["train_losses"] = _train(wrap_ddp(module, device), module, rank, steps=3)
         results["params"] = {n: p.detach().clone() for n, p in module.named_parameters()}
+        results["max_over_ranks"] = max_over_ranks(10 * rank + 1, device)
+        results["gathered"] = gather_objects({"rank": rank})
+        results["on_main"] = []
+        for fails in (False, True):
+            def action(fails: bool = fails) -> None:
+                if fails:
+                    raise HiclError("disk full")
+            try:
+                on_main(action)
+                results["on_main"].append(None)
+            except HiclError as exc:
+                results["on_main"].append(str(exc))
         module = _model(QUEUED)
         wrap_ddp(module, device)(_batch(_local(a, rank), _local(b, rank)))
         results["queue"] = module.method.queues[0].clone()
@@ -167,6 +182,15 @@ def test_moco_queue_holds_the_keys_of_both_ranks(ranks):
         assert torch.allclose(result["queue"][:n], expected, atol=1e-5)
         assert torch.equal(result["queue"][n:], initial_queue[n:])
     assert torch.equal(ranks[0]["queue"], ranks[1]["queue"])
+
+
+def test_small_collectives_agree_and_a_failure_on_rank_zero_stops_every_rank(ranks):
+    for result in ranks:
+        assert result["max_over_ranks"] == 11
+        assert result["gathered"] == [{"rank": 0}, {"rank": 1}]
+        assert result["on_main"][0] is None
+    assert ranks[0]["on_main"][1] == "disk full"  # rank 0 re-raises its own error
+    assert "rank 0 failed" in ranks[1]["on_main"][1]  # the others learn of it instead of waiting
 
 
 def test_rank_seeds_keep_rank_zero_and_differ_per_rank():
