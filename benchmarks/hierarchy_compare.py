@@ -5,7 +5,7 @@ Runs `off`, `uniform`, `add_one` without embeddings and `add_one` with colour em
 `hicl linear-eval` and `hicl knn` in its own process. `--jobs N` runs N of them at once, each with
 `runtime.threads` = `--threads`. Extra `--set` overrides apply to every variant; `--prefix` names the
 run directories (`<prefix>_<variant>_s<seed>`); the random-init baseline is evaluated with the
-first variant only (it depends on the seed alone). A run whose directory already holds both results for
+`--baseline` variant only (default: the first; it depends on the seed alone). A run whose directory already holds both results for
 the same resolved manifest is read back instead of rerun, so an interrupted comparison continues.
 `--probe A B` also runs `hicl probe-invariance` on variant A against B (first seed). Prints one row
 per run, then mean +- sample std per variant, and writes everything to `--json`.
@@ -39,8 +39,8 @@ VARIANTS = {
 
 
 def run_overrides(args: argparse.Namespace, variant: str, seed: int) -> list[str]:
-    # the random-init baseline depends only on the seed: evaluate it with the first variant alone
-    baseline = variant == args.variants[0]
+    # the random-init baseline depends only on the seed: evaluate it with one variant alone
+    baseline = variant == (args.baseline or args.variants[0])
     return [
         *args.overrides, *VARIANTS[variant], f"seed={seed}", f"runtime.threads={args.threads}",
         f"output.name={args.prefix}_{variant.replace('+', '_')}_s{seed}", "eval.after_pretrain=false",
@@ -124,6 +124,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--jobs", type=int, default=1, help="runs at the same time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--baseline", default=None, choices=list(VARIANTS),
+                        help="the variant whose runs also evaluate the random-init backbone (default: the first)")
     parser.add_argument("--prefix", default="compare")
     parser.add_argument("--probe", nargs=2, metavar=("VARIANT", "AGAINST"), default=None,
                         help="also probe-invariance VARIANT against AGAINST (first seed)")
