@@ -134,9 +134,19 @@ def main() -> None:
     args = parser.parse_args()
     # the costly four-stage runs first, so that the last job to finish is a short one
     jobs = sorted(((v, s) for s in args.seeds for v in args.variants), key=lambda vs: vs[0] == "off")
+    def attempt(variant: str, seed: int) -> dict | None:
+        try:
+            return run_one(args, variant, seed)
+        except subprocess.CalledProcessError:  # one failed run must not cancel the others
+            print(f"{variant} seed {seed} failed: see {load_manifest(args.manifest, run_overrides(args, variant, seed)).run_dir}.log",
+                  file=sys.stderr, flush=True)
+            return None
+
     with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda vs: run_one(args, *vs), jobs))
-    rows.sort(key=lambda r: (args.variants.index(r["variant"]), r["seed"]))
+        results = list(pool.map(lambda vs: attempt(*vs), jobs))
+    rows = sorted((r for r in results if r is not None), key=lambda r: (args.variants.index(r["variant"]), r["seed"]))
+    if not rows:
+        sys.exit("every run failed")
     table = summary(rows, args.variants)
     print(table)
     if args.probe:
@@ -148,6 +158,8 @@ def main() -> None:
         print(Path(f"{out}.log").read_text())
     if args.json:
         Path(args.json).write_text(json.dumps({"argv": sys.argv[1:], "rows": rows, "summary": table}, indent=1) + "\n")
+    if None in results:
+        sys.exit(f"{results.count(None)} run(s) failed")
 
 
 if __name__ == "__main__":
