@@ -122,3 +122,14 @@ def test_fast_protocols_stream_the_splits_and_match_them_decoded(tiny_run, monke
                 assert torch.equal(cached[f"{split}/labels/{head}"], labels)
             expected = backbone.eval()(model_input(images.images, manifest.view_size, manifest.augment.normalize))
             assert torch.allclose(cached[f"{split}/layer4"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_cached_features_are_recomputed_for_other_data(tiny_run):
+    runner = CliRunner()
+    result = runner.invoke(app, ["knn", str(tiny_run)])
+    assert result.exit_code == 0, result.output
+    full = json.loads((tiny_run / "results" / "knn.json").read_text())["data_fingerprint"]
+    result = runner.invoke(app, ["knn", str(tiny_run), "--set", "data.max_images=16"])
+    assert result.exit_code == 0, result.output
+    subset = json.loads((tiny_run / "results" / "knn.json").read_text())["data_fingerprint"]
+    assert subset["train"] != full["train"] and subset["test"] != full["test"]

@@ -156,8 +156,11 @@ def cached_split_features(
     device: torch.device,
 ) -> dict[str, SplitFeatures]:
     """{split: its features, labels and fingerprint}, read from `cache` if it was written for `key`
-    (the backbone's weights and the stages), else computed from the split's batches and written."""
-    key = f"{key}|stages={','.join(stages)}|splits={','.join(splits)}"
+    (the backbone's weights and the stages) on the same data and input transform, else computed from
+    the split's batches and written."""
+    inputs = f"{manifest.data.model_dump_json()}|{manifest.view_size}|{manifest.augment.normalize.model_dump_json()}"
+    inputs_hash = hashlib.sha256(inputs.encode()).hexdigest()[:16]
+    key = f"{key}|stages={','.join(stages)}|splits={','.join(splits)}|inputs={inputs_hash}"
     if cache.is_file():
         with safe_open(cache, framework="pt") as f:
             meta = f.metadata() or {}
