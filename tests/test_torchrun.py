@@ -61,6 +61,11 @@ def steps_logged(run: Path) -> list[int]:
     return [json.loads(line)["step"] for line in lines if line.endswith("}") and '"kind": "step"' in line]
 
 
+def epoch_losses(run: Path) -> list[float]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [record["loss"] for record in map(json.loads, lines) if record["kind"] == "epoch"]
+
+
 def tensors(run: Path) -> dict[str, torch.Tensor]:
     last = run / "checkpoints" / "last"
     return load_file(last / "backbone.safetensors") | load_file(last / "heads.safetensors")
@@ -114,3 +119,6 @@ def test_resumed_job_ends_with_the_uninterrupted_tensors(jobs):
     for key, value in full.items():
         assert torch.equal(value, resumed[key]), key
     assert steps_logged(jobs / "runs" / "stopped") == list(range(1, STEPS + 1))
+    # the epoch records, the interrupted epoch's included, average the losses over both ranks alike
+    full_epochs, resumed_epochs = (epoch_losses(jobs / "runs" / name) for name in ("full", "stopped"))
+    assert len(full_epochs) == 4 and resumed_epochs == pytest.approx(full_epochs, rel=1e-9)

@@ -220,8 +220,8 @@ def _pretrain(
         augment_states = gather_objects(augment.get_state())
         state = {"epoch": epochs_done, "step": step, "processes": env.world_size}
         if epoch_step:  # mid-epoch: where in the epoch, and the epoch's running sums for its record
-            state |= {"epoch_step": epoch_step, "epoch_loss_sum": epoch_loss_sum.item() / env.world_size,
-                      "epoch_stage_sum": (epoch_stage_sum / env.world_size).tolist()}
+            state |= {"epoch_step": epoch_step, "epoch_loss_sum": mean_over_ranks(epoch_loss_sum).item(),
+                      "epoch_stage_sum": mean_over_ranks(epoch_stage_sum).tolist()}
 
         def save() -> None:
             check_health(model, step, run.read_metrics())
