@@ -139,9 +139,10 @@ def pretrain(
             resolved, resume=resume, overwrite=overwrite, console=console, show_progress=progress, init_from=init_from
         )
     except Stopped as stopped:  # a first Ctrl-C / SIGTERM: the step finished and a checkpoint was written
-        if read_env().rank == 0:
+        env = read_env()
+        if env.rank == 0:
             resume = shlex.quote(str(resolved.run_dir))
-            launcher = "torchrun ... -m hicl pretrain" if read_env().distributed else "hicl pretrain"
+            launcher = "torchrun ... -m hicl pretrain" if env.distributed else "hicl pretrain"
             typer.echo(f"{stopped}, checkpoint written; continue with: {launcher} --resume {resume}", err=True)
         raise typer.Exit(stopped.exit_code) from None
     except KeyboardInterrupt:  # a second one: stopped at once, the previous checkpoint stands

@@ -25,7 +25,7 @@ from rich.table import Table
 from torch import nn
 
 from hicl.augment import Pipeline, identity_params
-from hicl.data import ImageSet, eval_batches, load_split, open_split
+from hicl.data import ImageSet, eval_batches, load_split, open_split, tensor_fingerprint
 from hicl.errors import HiclError
 from hicl.evaluate.features import (
     Batches, StageFeatures, cached_split_features, pretrained_backbone, random_backbone,
@@ -173,18 +173,18 @@ def linear_eval(manifest: Manifest, run: RunDir, console: Console | None = None)
                     )
                     for stage in stages
                 }
-            data: dict = {split: f.fingerprint for split, f in split_features.items()}
+            fingerprints = {split: f.fingerprint for split, f in split_features.items()}
         else:
             with console.status(f"linear probes on the {label} backbone (paper protocol, {cfg.epochs} epochs)"):
                 scores = fit_linear_paper(stage_features, stages, train, test, heads, manifest, device)
-            data = {"train": train.images, "test": test.images}
+            fingerprints = {"train": tensor_fingerprint(train.images), "test": tensor_fingerprint(test.images)}
         for stage in stages:
             rows = by_stage.setdefault(stage, {h: {"classes": num_classes[h]} for h in heads})
             for h in heads:
                 rows[h][name] = {"top1": scores[stage][h].top1, "top5": scores[stage][h].top5}
         if name == "pretrained":
             protocol = {"name": cfg.protocol, **cfg.model_dump(mode="json", exclude={"after_pretrain"})}
-            result.update(provenance(manifest, frozen.weights, data, protocol))
+            result.update(provenance(manifest, frozen.weights, fingerprints, protocol))
     result["stages"] = {stage: {"heads": rows} for stage, rows in by_stage.items()}
     result["heads"] = by_stage[list(by_stage)[-1]]  # the deepest evaluated stage (the model output for `last`)
     run.write_result("linear_eval.json", result)

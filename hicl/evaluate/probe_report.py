@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from hicl.data import load_split
+from hicl.data import load_split, tensor_fingerprint
 from hicl.errors import HiclError
 from hicl.evaluate.features import StageFeatures
 from hicl.evaluate.invariance import NUM_BINS, SHRINKAGE, ProbeResult, probe_invariance
@@ -53,7 +53,7 @@ def probe_targets(
         record = {
             "label": target.label,
             "model": target.manifest.backbone.name,
-            **provenance(target.manifest, target.weights, {"test": images}, protocol),
+            **provenance(target.manifest, target.weights, {"test": tensor_fingerprint(images)}, protocol),
             "stages": result.stages,
             "ops": result.ops,
             "skipped_ops": result.skipped,

@@ -6,10 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from hicl.manifest import Manifest, dump_manifest
-from hicl.data import tensor_fingerprint
 
 
 def manifest_hash(manifest: Manifest) -> str:
@@ -23,12 +20,12 @@ def file_hash(path: Path | None) -> str | None:
 
 
 def provenance(
-    manifest: Manifest, weights: Path | None, data: dict[str, torch.Tensor | str], protocol: dict[str, Any]
+    manifest: Manifest, weights: Path | None, fingerprints: dict[str, str], protocol: dict[str, Any]
 ) -> dict[str, Any]:
-    """`data`: per split, the uint8 images or their `tensor_fingerprint` (when they were streamed)."""
+    """`fingerprints`: per split, `tensor_fingerprint` of the uint8 images evaluated."""
     return {
         "manifest_hash": manifest_hash(manifest),
         "checkpoint_hash": file_hash(weights),
-        "data_fingerprint": {split: x if isinstance(x, str) else tensor_fingerprint(x.cpu()) for split, x in data.items()},
+        "data_fingerprint": fingerprints,
         "protocol": protocol,
     }
