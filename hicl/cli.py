@@ -24,6 +24,23 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"hicl {version('hicl')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print hicl's version and exit.")
+    ] = False,
+) -> None:
+    """Hierarchical augmentation invariance with expanded views: self-supervised pretraining of timm backbones."""
+
 Overrides = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a manifest value: section.key=value (repeatable).")
 ]

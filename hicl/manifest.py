@@ -323,6 +323,14 @@ class EvalConfig(Section):
 
 class OutputConfig(Section):
     dir: Annotated[Path, AfterValidator(_safe_dir)] = Path("runs")
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _not_empty(cls, path: object) -> object:
+        # pathlib reads an empty string (`--set output.dir=`) as the current directory
+        if isinstance(path, str) and not path.strip():
+            raise ValueError("expected a directory path, got an empty one (write . for the current directory)")
+        return path
     name: SafeName | None = Field(None, description="run directory name; default: the manifest's name")
 
 

@@ -5,10 +5,14 @@ alias "bombs" that expand exponentially once validated, nesting deep enough to o
 and files of any size. `read_yaml_file` / `read_yaml_text` refuse all of these with a one-line
 `HiclError`: files above `MAX_BYTES`, text that is not UTF-8, duplicate keys, more than
 `MAX_ALIASES` aliases, nesting deeper than `MAX_DEPTH`.
+
+Numbers follow YAML 1.2 rather than PyYAML's YAML 1.1: `1e-6` and `1e6` (no dot) are floats, as a
+person writing a learning rate means them, not strings.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,18 @@ MAX_DEPTH = 32
 
 class _LimitError(yaml.YAMLError):
     pass
+
+
+# YAML 1.2's float: a mantissa with or without a dot, an optional exponent (YAML 1.1 needs both the dot
+# and a signed exponent, so it reads `1e-6` as a string).
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -61,6 +77,14 @@ class _StrictLoader(yaml.SafeLoader):
                 line = key_node.start_mark.line + 1
                 raise _LimitError(f"key {_shorten(key)} is given twice (line {line})")
         return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _first in "-+0123456789.":
+    _StrictLoader.yaml_implicit_resolvers.setdefault(_first, []).append(("tag:yaml.org,2002:float", _FLOAT))
 
 
 def _shorten(value: Any, limit: int = 80) -> str:

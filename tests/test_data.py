@@ -388,3 +388,12 @@ def test_crops_of_mixed_sizes_stay_inside_each_true_image():
     boxes = sample_crop(4096, sizes, CropConfig(), generator)
     assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] > 0).all()
     assert (boxes[:, 0] + boxes[:, 2] <= sizes[:, 0]).all() and (boxes[:, 1] + boxes[:, 3] <= sizes[:, 1]).all()
+
+
+def test_webdataset_brace_pattern_naming_a_missing_shard_is_an_error(tmp_path):
+    pytest.importorskip("webdataset")
+    for k in (0, 2):  # 0001 is absent
+        write_shard(tmp_path / f"train-{k:06d}.tar", 2, 2 * k)
+    cfg = data_config(source="webdataset", train_shards=str(tmp_path / "train-{000000..000002}.tar"), num_classes=2)
+    with pytest.raises(HiclError, match=r"shard .*train-000001\.tar does not exist"):
+        open_split(cfg, "train")

@@ -38,8 +38,14 @@ class WebDatasetSource(SourceConfig):
 def expand_shards(pattern: str) -> list[Path]:
     from braceexpand import braceexpand
 
-    paths = sorted({Path(p) for expanded in braceexpand(pattern) for p in glob.glob(expanded)})
-    return paths
+    paths: set[Path] = set()
+    for expanded in braceexpand(pattern):
+        matches = glob.glob(expanded)
+        if not matches and not glob.has_magic(expanded):
+            # a brace pattern names each shard: one that is absent would be silently dropped from training
+            raise HiclError(f"{pattern}: shard {expanded} does not exist")
+        paths.update(Path(p) for p in matches)
+    return sorted(paths)
 
 
 def _count_records(shard: Path) -> int:

@@ -1,0 +1,53 @@
+"""A new user's first commands: numbers as people write them, empty paths, the version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from hicl.cli import app
+from hicl.errors import HiclError
+from hicl.manifest import load_manifest
+from hicl.safe_yaml import read_yaml_text
+
+QUICKSTART = Path(__file__).parent.parent / "manifests" / "quickstart.yaml"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("1e-6", 1e-6), ("1e6", 1e6), ("-2.5E+3", -2500.0), ("+1e3", 1000.0), ("1.0e-3", 1e-3), (".5", 0.5), ("3", 3)],
+)
+def test_scientific_notation_reads_as_a_number(text: str, value: float) -> None:
+    parsed = read_yaml_text(text, "x")
+    assert parsed == value and type(parsed) is type(value)
+
+
+@pytest.mark.parametrize("text", ["1e", "e6", "1e-", "abc", "1.2.3"])
+def test_words_that_only_look_numeric_stay_strings(text: str) -> None:
+    assert read_yaml_text(text, "x") == text
+
+
+def test_scientific_notation_in_a_manifest_and_in_an_override(tmp_path: Path) -> None:
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    text = QUICKSTART.read_text().replace("weight_decay: 0.0005", "weight_decay: 1e-6")
+    assert text != QUICKSTART.read_text() and raw["optim"]["weight_decay"] == 0.0005
+    path = tmp_path / "m.yaml"
+    path.write_text(text)
+    manifest = load_manifest(path, ["optim.lr=1e-6"])
+    assert manifest.optim.weight_decay == 1e-6 and manifest.optim.lr == 1e-6
+
+
+def test_an_empty_output_dir_is_refused_in_one_line() -> None:
+    with pytest.raises(HiclError, match="output.dir: expected a directory path, got an empty one"):
+        load_manifest(QUICKSTART, ["output.dir="])
+    assert load_manifest(QUICKSTART, ["output.dir=."]).output.dir == Path(".")
+
+
+def test_version_prints_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"hicl {version('hicl')}"
