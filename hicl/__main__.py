@@ -1,3 +1,3 @@
-from hicl.cli import app
+from hicl.cli import run
 
-app(prog_name="hicl")
+run(prog_name="hicl")

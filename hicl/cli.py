@@ -314,3 +314,30 @@ def schema(
     from hicl.manifest_docs import manifest_markdown
 
     typer.echo(manifest_markdown() if markdown else json.dumps(Manifest.model_json_schema(), indent=2), nl=not markdown)
+
+
+# Typer 0.12-0.2x raise click's exceptions; later releases raise those of the click copy they vendor.
+_CLICK = (click, getattr(typer, "_click", click))
+_USAGE_ERRORS = tuple({m.exceptions.UsageError for m in _CLICK})
+_CLICK_ERRORS = tuple({m.exceptions.ClickException for m in _CLICK})
+_ABORTS = (click.exceptions.Abort, typer.Abort)
+
+
+def run(args: list[str] | None = None, prog_name: str = "hicl") -> None:
+    """The `hicl` entry point: the app, with a usage mistake (missing argument, unknown option, bad
+    choice) reported as one line naming the command's --help, exit code 2, as every other user error."""
+    try:
+        code = app(args=args, prog_name=prog_name, standalone_mode=False)
+    except _USAGE_ERRORS as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `hicl` or `hicl export`: the help itself
+            typer.echo(exc.format_message())
+            raise SystemExit(0) from None
+        where = exc.ctx.command_path if exc.ctx is not None else prog_name
+        typer.echo(f"error: {_one_line(exc.format_message())} (see '{where} --help')", err=True)
+        raise SystemExit(2) from None
+    except _CLICK_ERRORS as exc:
+        typer.echo(f"error: {_one_line(exc.format_message())}", err=True)
+        raise SystemExit(exc.exit_code) from None
+    except _ABORTS:
+        raise SystemExit(130) from None
+    raise SystemExit(code if isinstance(code, int) else 0)

@@ -51,3 +51,30 @@ def test_version_prints_the_installed_version() -> None:
 
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"hicl {version('hicl')}"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["pretrain"], "error: Missing argument 'manifest'. (see 'hicl pretrain --help')"),
+        (["pretrain", "--bogus"], "error: No such option: --bogus (see 'hicl pretrain --help')"),
+        (["no-such-command"], "error: No such command 'no-such-command'. (see 'hicl --help')"),
+    ],
+)
+def test_a_usage_mistake_is_one_line_with_exit_2(args: list[str], expected: str, capsys) -> None:
+    from hicl.cli import run
+
+    with pytest.raises(SystemExit) as stopped:
+        run(args)
+    captured = capsys.readouterr()
+    assert stopped.value.code == 2 and captured.err.strip() == expected and captured.out == ""
+
+
+def test_help_and_version_exit_0_through_the_entry_point(capsys) -> None:
+    from hicl.cli import run
+
+    for args in (["--help"], [], ["--version"]):
+        with pytest.raises(SystemExit) as stopped:
+            run(args)
+        assert stopped.value.code == 0, args
+    assert "pretrain" in capsys.readouterr().out
