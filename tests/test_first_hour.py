@@ -78,3 +78,40 @@ def test_help_and_version_exit_0_through_the_entry_point(capsys) -> None:
             run(args)
         assert stopped.value.code == 0, args
     assert "pretrain" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cut", ["truncated", "not_gzip"])
+def test_a_broken_gzipped_idx_file_is_one_line(tmp_path: Path, cut: str) -> None:
+    import gzip
+
+    from hicl.data.arrays import read_idx
+
+    payload = gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 200]) + bytes(200))
+    path = tmp_path / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(payload[: len(payload) // 2] if cut == "truncated" else b"plain bytes, not gzip")
+    with pytest.raises(HiclError, match=r"train-labels-idx1-ubyte\.gz: not a complete gzip file"):
+        read_idx(path)
+    path.write_bytes(payload)
+    assert read_idx(path).shape == (200,)
+
+
+def test_pretrain_on_a_folder_of_manifests_says_what_it_is(tmp_path: Path, capsys) -> None:
+    from hicl.cli import run
+
+    (tmp_path / "a.yaml").write_text(QUICKSTART.read_text())
+    with pytest.raises(SystemExit) as stopped:
+        run(["pretrain", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert stopped.value.code == 2
+    assert err == f"error: {tmp_path}: is a directory but not a run directory (no manifest.yaml); give a manifest file"
+
+
+def test_a_wrong_backbone_kwarg_value_is_not_called_an_unknown_argument() -> None:
+    from hicl.manifest import BackboneConfig
+    from hicl.models.backbone import create_backbone
+
+    vit = "vit_tiny_patch16_224"
+    with pytest.raises(HiclError, match=rf"backbone.kwargs: timm cannot build {vit} with \{{'drop_rate': 'abc'\}}"):
+        create_backbone(BackboneConfig(name=vit, kwargs={"drop_rate": "abc"}))
+    with pytest.raises(HiclError, match=r"^backbone.kwargs: resnet18 does not take 'no_such_arg'$"):
+        create_backbone(BackboneConfig(name="resnet18", kwargs={"no_such_arg": 1}))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
+import zlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -61,9 +62,17 @@ def _finish(cfg: SourceConfig, images: Tensor, labels: Tensor, classes: int, fil
 IDX_DTYPES = {0x08: torch.uint8}
 
 
+def _gunzip(path: Path) -> bytes:
+    try:
+        return gzip.decompress(path.read_bytes())
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:  # a cut download ends early: EOFError
+        reason = "it ends before its end marker" if isinstance(exc, EOFError) else str(exc)
+        raise HiclError(f"{path}: not a complete gzip file ({reason}); download or copy it again") from None
+
+
 def read_idx(path: Path) -> Tensor:
     """An IDX file (MNIST's format; gzipped when the name ends in .gz) as a uint8 tensor of its shape."""
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    raw = _gunzip(path) if path.suffix == ".gz" else path.read_bytes()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
         raise HiclError(f"{path}: not an IDX file of unsigned bytes")
     ndim = raw[3]

@@ -10,6 +10,7 @@ a sequence is checked once, on a small input in eval mode, against `model(x)`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,10 +37,14 @@ def create_backbone(cfg: BackboneConfig) -> nn.Module:
     extra = {"drop_path_rate": cfg.drop_path_rate} if cfg.drop_path_rate else {}
     try:
         model = timm.create_model(cfg.name, pretrained=False, num_classes=0, **extra, **cfg.kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError, RuntimeError, AssertionError) as exc:
         field = "backbone.kwargs" if cfg.kwargs else "backbone.drop_path_rate"
-        taken = sorted({**extra, **cfg.kwargs})
-        raise HiclError(f"{field}: {cfg.name} does not take {taken} ({str(exc)[:200]})") from None
+        given = {**extra, **cfg.kwargs}
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if unexpected:
+            raise HiclError(f"{field}: {cfg.name} does not take {unexpected.group(1)!r}") from None
+        # the model takes the arguments, but one of their values is wrong
+        raise HiclError(f"{field}: timm cannot build {cfg.name} with {given} ({str(exc)[:200] or type(exc).__name__})") from None
     if cfg.small_stem:
         apply_small_stem(model, cfg.name)
     return model
