@@ -397,3 +397,50 @@ def test_webdataset_brace_pattern_naming_a_missing_shard_is_an_error(tmp_path):
     cfg = data_config(source="webdataset", train_shards=str(tmp_path / "train-{000000..000002}.tar"), num_classes=2)
     with pytest.raises(HiclError, match=r"shard .*train-000001\.tar does not exist"):
         open_split(cfg, "train")
+
+
+# ------------------------------------------------------------------------- hostile PNGs, pixel limit
+def _png(width: int, height: int, pixel_bytes: bytes) -> bytes:
+    """A PNG (8-bit RGB) of the given header size whose IDAT holds `pixel_bytes`, compressed, correct CRCs."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(pixel_bytes)) + chunk(b"IEND", b"")
+
+
+def test_the_png_writer_makes_a_png_that_decodes() -> None:
+    from hicl.data.base import decode
+
+    rows = b"".join(b"\x00" + bytes(range(30)) for _ in range(12))  # filter byte + 10 RGB pixels per row
+    image = decode(_png(10, 12, rows), "ok.png")
+    assert image.shape == (3, 12, 10) and image[:, 0, 1].tolist() == [3, 4, 5]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_png_with_short_pixel_data_is_skipped_or_named(tmp_path, workers):
+    write_folder(tmp_path, {"train": 2, "val": 1})
+    (tmp_path / "train" / "a" / "short.png").write_bytes(_png(100, 100, b"\x00" * 50))
+    common = {"source": "folder", "root": str(tmp_path), "image_size": 32, "workers": workers, "resident": "never"}
+    train = TrainData(data_config(**common), torch.device("cpu"))
+    seen = sum(len(b.images) for b in train.epoch(torch.Generator().manual_seed(0), 7))  # one batch of all 7
+    assert seen == 6 and [Path(p).name for p in train.skipped.reasons] == ["short.png"]
+    failing = TrainData(data_config(**common, on_bad_image="fail"), torch.device("cpu"))
+    with pytest.raises(HiclError, match="short.png"):
+        list(failing.epoch(torch.Generator().manual_seed(0), 7))
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path):
+    from hicl.data.base import MAX_PIXELS, BadImage, decode
+
+    huge = _png(20_000, 20_000, b"\x00" * 10)  # a few bytes on disk, 400 megapixels by its header
+    with pytest.raises(BadImage, match=rf"20000x20000 px is more than data.max_pixels \({MAX_PIXELS}\)"):
+        decode(huge, "huge.png")
+    write_folder(tmp_path, {"train": 2, "val": 1})
+    cfg = data_config(source="folder", root=str(tmp_path), image_size=32, workers=0, max_pixels=970)
+    train = TrainData(cfg, torch.device("cpu"))
+    kept = {Path(p).name for p in train.skipped.reasons}
+    assert len(train) + len(train.skipped) == 6 and 0 < len(train.skipped) < 6 and all(n.endswith(".jpg") for n in kept)

@@ -33,6 +33,8 @@ from torch import Tensor
 from hicl.config import MAX_IMAGES, Section
 
 MIN_SIDE = 8  # smaller images cannot be cropped meaningfully (1x1 px thumbnails, broken exports)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_PIXELS = 89_478_485  # Pillow's Image.MAX_IMAGE_PIXELS: about 0.25 GiB of RGB pixels
 
 
 class SourceConfig(Section):
@@ -53,6 +55,10 @@ class SourceConfig(Section):
     )
     crop_pct: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
         0.875, description="evaluation: resize the shorter side to view_size / crop_pct, then centre-crop"
+    )
+    max_pixels: Annotated[int, Field(gt=0, le=2**40)] = Field(
+        MAX_PIXELS, description="images with more pixels (read from the file's header) are bad images: "
+        "a small file can hold a huge image (default: Pillow's limit)",
     )
     on_bad_image: Literal["skip", "fail"] = Field(
         "skip", description="unreadable, corrupt or tiny files: skip and count them, or stop naming the file"
@@ -90,17 +96,40 @@ class BadImage(Exception):
 
 
 # ------------------------------------------------------------------------------------------- decoding
-def decode(data: bytes, name: str) -> Tensor:
-    """Encoded image bytes -> uint8 [3, H, W] RGB, or `BadImage`."""
+def decode(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Tensor:
+    """Encoded image bytes -> uint8 [3, H, W] RGB, or `BadImage`.
+
+    The header is read first (Pillow, without decoding): an image of more than `max_pixels` pixels is
+    refused before any memory is spent on it. PNGs are decoded by Pillow, which reports short pixel
+    data as an error, where torchvision's libpng decoder crashes the process on it.
+    """
     if not data:
         raise BadImage(f"{name}: empty file")
-    try:
-        image = _decode_torchvision(data)
-    except (RuntimeError, ValueError):
+    size, image_format = _header(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise BadImage(f"{name}: {size[1]}x{size[0]} px is more than data.max_pixels ({max_pixels}) pixels")
+    if image_format == "PNG" or data.startswith(PNG_SIGNATURE):
         image = _decode_pillow(data, name)
+    else:
+        try:
+            image = _decode_torchvision(data)
+        except (RuntimeError, ValueError):
+            image = _decode_pillow(data, name)
     if min(image.shape[-2:]) < MIN_SIDE:
         raise BadImage(f"{name}: {image.shape[-2]}x{image.shape[-1]} px is smaller than {MIN_SIDE} px")
     return image
+
+
+def _header(data: bytes) -> tuple[tuple[int, int] | None, str | None]:
+    """((width, height), format) from the file's header, or (None, None) where Pillow cannot read it."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None  # hicl applies data.max_pixels itself, to the size read here
+    try:
+        with Image.open(io.BytesIO(data)) as pil:
+            return pil.size, pil.format
+    except (OSError, ValueError, SyntaxError):
+        return None, None
 
 
 def _decode_torchvision(data: bytes) -> Tensor:

@@ -68,9 +68,11 @@ def open_split(cfg: SourceConfig, split: Split) -> SplitData:
 Item = tuple[int, Tensor | None, tuple[int, int], str, str | None, int]  # index, image, hw, name, error, label
 
 
-def _decoded(name: str, read: Callable[[], bytes], fit: Fit) -> tuple[Tensor | None, tuple[int, int], str | None]:
+def _decoded(
+    name: str, read: Callable[[], bytes], fit: Fit, max_pixels: int
+) -> tuple[Tensor | None, tuple[int, int], str | None]:
     try:
-        image, hw = fit(decode(read(), name))
+        image, hw = fit(decode(read(), name, max_pixels))
         return image, hw, None
     except BadImage as exc:
         return None, (0, 0), str(exc)
@@ -79,8 +81,8 @@ def _decoded(name: str, read: Callable[[], bytes], fit: Fit) -> tuple[Tensor | N
 class _Files(Dataset):
     """Item i: the i-th file decoded and fitted (or the reason it could not be)."""
 
-    def __init__(self, split: FileSplit, fit: Fit):
-        self.paths, self.fit = split.paths, fit
+    def __init__(self, split: FileSplit, fit: Fit, max_pixels: int):
+        self.paths, self.fit, self.max_pixels = split.paths, fit, max_pixels
         self.labels = split.labels.get("class")
 
     def __len__(self) -> int:
@@ -88,7 +90,7 @@ class _Files(Dataset):
 
     def __getitem__(self, index: int) -> Item:
         path = self.paths[index]
-        image, hw, error = _decoded(str(path), lambda: read_bytes(path), self.fit)
+        image, hw, error = _decoded(str(path), lambda: read_bytes(path), self.fit, self.max_pixels)
         label = -1 if self.labels is None else int(self.labels[index])
         return index, image, hw, str(path), error, label
 
@@ -96,8 +98,9 @@ class _Files(Dataset):
 class _Shards(IterableDataset):
     """Every record of this rank's and this worker's shards, decoded and fitted, in shard order."""
 
-    def __init__(self, split: StreamSplit, fit: Fit, shard_order: list[int], rank: int, world: int):
-        self.split, self.fit, self.shard_order, self.rank, self.world = split, fit, shard_order, rank, world
+    def __init__(self, split: StreamSplit, fit: Fit, max_pixels: int, shard_order: list[int], rank: int, world: int):
+        self.split, self.fit, self.max_pixels = split, fit, max_pixels
+        self.shard_order, self.rank, self.world = shard_order, rank, world
 
     def __iter__(self) -> Iterator[Item]:
         info = get_worker_info()
@@ -105,7 +108,7 @@ class _Shards(IterableDataset):
         readers, reader = self.world * workers, self.rank * workers + worker
         shards = [self.split.shards[i] for i in self.shard_order[reader::readers]]
         for position, (name, data, labels) in enumerate(self.split.read(shards)):
-            image, hw, error = _decoded(name, lambda d=data: d, self.fit)
+            image, hw, error = _decoded(name, lambda d=data: d, self.fit, self.max_pixels)
             yield position, image, hw, name, error, labels.get("class", -1)
 
 
@@ -160,7 +163,7 @@ class TrainData:
 
     def _decode_all(self, split: FileSplit) -> tuple[Tensor, Tensor]:
         images, sizes = [], []
-        loader = _loader(_Files(split, self.fit), self.cfg.workers, pin=False, batch_size=64)
+        loader = _loader(_Files(split, self.fit, self.cfg.max_pixels), self.cfg.workers, pin=False, batch_size=64)
         for batch in loader:
             self._note_skipped(batch.skipped)
             images.append(batch.images)
@@ -213,12 +216,13 @@ class TrainData:
         pin = self.device.type == "cuda"
         if isinstance(self.split, StreamSplit):
             shard_order = torch.randperm(len(self.split.shards), generator=order).tolist()
-            dataset = _Shards(self.split, self.fit, shard_order, self.rank, self.world)
+            dataset = _Shards(self.split, self.fit, self.cfg.max_pixels, shard_order, self.rank, self.world)
             loader = _loader(dataset, self.cfg.workers, pin, batch_size=share)
             batches = (b for i, b in enumerate(loader) if i >= start_step)
         else:
             sampler = [index.tolist() for index in rank_batches[start_step:]]
-            batches = iter(_loader(_Files(self.split, self.fit), self.cfg.workers, pin, batch_sampler=sampler))
+            files = _Files(self.split, self.fit, self.cfg.max_pixels)
+            batches = iter(_loader(files, self.cfg.workers, pin, batch_sampler=sampler))
         for _, batch in zip(range(steps - start_step), batches):
             self._note_skipped(batch.skipped)
             if not len(batch.images):
@@ -248,12 +252,12 @@ def eval_batches(
             yield chunk, {h: y[start : start + batch_size] for h, y in data.labels.items()}
         return
     if isinstance(data, FileSplit):
-        loader = _loader(_Files(data, crop), cfg.workers, pin=False, batch_size=batch_size)
+        loader = _loader(_Files(data, crop, cfg.max_pixels), cfg.workers, pin=False, batch_size=batch_size)
         for batch in loader:
             if len(batch.images):
                 yield batch.images, {"class": batch.labels} if data.num_classes else {}
         return
-    loader = _loader(_Shards(data, crop, list(range(len(data.shards))), 0, 1), cfg.workers, pin=False,
+    loader = _loader(_Shards(data, crop, cfg.max_pixels, list(range(len(data.shards))), 0, 1), cfg.workers, pin=False,
                      batch_size=batch_size)
     left = len(data)  # max_images
     for batch in loader:
