@@ -146,7 +146,7 @@ def pretrain(
         raise HiclError("--init-from: a resumed run continues from its own checkpoint; pass either --resume or --init-from")
     set_verification(not no_verify)
     if manifest.is_dir():
-        if not (manifest / "manifest.yaml").is_file():
+        if not resume and not (manifest / "manifest.yaml").is_file():
             raise HiclError(f"{manifest}: is a directory but not a run directory (no manifest.yaml); give a manifest file")
         if not resume:
             raise HiclError(f"{manifest}: is a run directory; pass --resume to continue it, or give a manifest file")
