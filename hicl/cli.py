@@ -21,8 +21,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: readable at 80 columns, no {manifest} or <bool> metavars
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # messages are never wrapped into the next line when redirected
 
 
 def _print_version(value: bool) -> None:
@@ -42,10 +43,10 @@ def main(
     """Hierarchical augmentation invariance with expanded views: self-supervised pretraining of timm backbones."""
 
 Overrides = Annotated[
-    list[str] | None, typer.Option("--set", "-s", help="Override a manifest value: section.key=value (repeatable).")
+    list[str] | None, typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a manifest value: section.key=value (repeatable).")
 ]
-ManifestArg = Annotated[Path, typer.Argument(help="Run manifest (YAML).")]
-RunArg = Annotated[Path, typer.Argument(help="Run directory, or the manifest that names it.")]
+ManifestArg = Annotated[Path, typer.Argument(metavar="MANIFEST", help="Run manifest (YAML).")]
+RunArg = Annotated[Path, typer.Argument(metavar="RUN", help="Run directory, or the manifest that names it.")]
 NoVerify = Annotated[
     bool, typer.Option("--no-verify", help="Skip the SHA-256 check of checkpoint files (huge checkpoints).")
 ]
@@ -119,7 +120,7 @@ def _interrupted_hint(manifest: Path, overrides: list[str] | None, run_dir: Path
 @app.command()
 @user_errors
 def pretrain(
-    manifest: Annotated[Path, typer.Argument(help="Run manifest (YAML); with --resume also a run directory.")],
+    manifest: Annotated[Path, typer.Argument(metavar="MANIFEST", help="Run manifest (YAML); with --resume also a run directory.")],
     set_: Overrides = None,
     resume: Annotated[bool, typer.Option(help="Continue the run from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run (only the files hicl wrote).")] = False,
@@ -127,24 +128,16 @@ def pretrain(
     no_verify: NoVerify = False,
     init_from: Annotated[
         Path | None,
-        typer.Option(help="Start from the model weights of a `hicl export --format hicl` folder (fresh optimiser)."),
+        typer.Option(metavar="DIR", help="Start from the model weights of a `hicl export --format hicl` folder (fresh optimiser)."),
     ] = None,
 ) -> None:
     """Pretrain a backbone as the manifest says; writes the run directory."""
-    from hicl.evaluate.linear import linear_eval, render_linear_eval
-    from hicl.lock import RunLock
     from hicl.manifest import load_manifest
-    from hicl.runs import RunDir
-    from hicl.train.checkpoint import set_verification
-    from hicl.train.dist import read_env
-    from hicl.train.loop import pretrain as run_pretrain
-    from hicl.train.signals import Stopped
 
     if resume and overwrite:
         raise HiclError("--resume and --overwrite exclude each other: continue the run, or start it afresh")
     if resume and init_from is not None:
         raise HiclError("--init-from: a resumed run continues from its own checkpoint; pass either --resume or --init-from")
-    set_verification(not no_verify)
     if manifest.is_dir():
         if not resume and not (manifest / "manifest.yaml").is_file():
             raise HiclError(f"{manifest}: is a directory but not a run directory (no manifest.yaml); give a manifest file")
@@ -152,7 +145,17 @@ def pretrain(
             raise HiclError(f"{manifest}: is a run directory; pass --resume to continue it, or give a manifest file")
         resolved = _resume_target(manifest, set_)
     else:
-        resolved = load_manifest(manifest, set_)
+        resolved = load_manifest(manifest, set_)  # a bad manifest is reported before torch is loaded
+    # imported only now: these load torch and timm, which a mistyped manifest should not wait for
+    from hicl.evaluate.linear import linear_eval, render_linear_eval
+    from hicl.lock import RunLock
+    from hicl.runs import RunDir
+    from hicl.train.checkpoint import set_verification
+    from hicl.train.dist import read_env
+    from hicl.train.loop import pretrain as run_pretrain
+    from hicl.train.signals import Stopped
+
+    set_verification(not no_verify)
     try:
         result = run_pretrain(
             resolved, resume=resume, overwrite=overwrite, console=console, show_progress=progress, init_from=init_from
@@ -183,8 +186,8 @@ def pretrain(
 def linear_eval_command(
     run: RunArg,
     set_: Overrides = None,
-    stage: Annotated[str | None, typer.Option(help="last, all, a 1-based stage index or name (eval.stage).")] = None,
-    protocol: Annotated[str | None, typer.Option(help="fast or paper (eval.protocol).")] = None,
+    stage: Annotated[str | None, typer.Option(metavar="STAGE", help="last, all, a 1-based stage index or name (eval.stage).")] = None,
+    protocol: Annotated[str | None, typer.Option(metavar="NAME", help="fast or paper (eval.protocol).")] = None,
     no_verify: NoVerify = False,
 ) -> None:
     """Linear classifiers on frozen features, per label head and stage; writes results/linear_eval.json."""
@@ -207,7 +210,7 @@ def linear_eval_command(
 def knn(
     run: RunArg,
     set_: Overrides = None,
-    stage: Annotated[str | None, typer.Option(help="last, all, a 1-based stage index or name (eval.stage).")] = None,
+    stage: Annotated[str | None, typer.Option(metavar="STAGE", help="last, all, a 1-based stage index or name (eval.stage).")] = None,
 ) -> None:
     """Weighted kNN (eval.knn_k, eval.knn_temperature) on frozen features; writes results/knn.json."""
     from hicl.evaluate.knn_eval import knn_eval
@@ -222,14 +225,15 @@ def knn(
 @user_errors
 def export(
     run: RunArg,
-    out: Annotated[Path, typer.Option(help="Output folder (new or empty; an earlier export only with --overwrite).")],
+    out: Annotated[Path, typer.Option(metavar="DIR", help="Output folder (new or empty; an earlier export only with --overwrite).")],
     format: Annotated[
         str,
         # the choices come from the exporter registry; an unknown one is a one-line error (run_export)
-        typer.Option(help="; ".join(f"{f.name}: {f.summary}" for f in EXPORTERS.values()) + "."),
+        typer.Option(metavar="FORMAT", help="; ".join(f"{f.name}: {f.summary}" for f in EXPORTERS.values()) + "."),
     ] = "timm",
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out (only its files).")] = False,
     pth: Annotated[bool, typer.Option(help="torchvision: also write the .pth file.")] = False,
+    dynamic_size: Annotated[bool, typer.Option(help="onnx: dynamic height and width, not only batch.")] = False,
     set_: Overrides = None,
     no_verify: NoVerify = False,
 ) -> None:
@@ -245,7 +249,7 @@ def export(
     if not run_dir.path.is_dir():
         raise HiclError(f"{run_dir.path}: no such run directory (run hicl pretrain first)")
     with RunLock(run_dir.path, read_only_ok=True):
-        result = run_export(run, format, out, overwrite=overwrite, options=ExportOptions(pth=pth), overrides=set_)
+        result = run_export(run, format, out, overwrite=overwrite, options=ExportOptions(pth=pth, dynamic_size=dynamic_size), overrides=set_)
     for path in result.files:
         typer.echo(f"wrote {path} ({human_size(path.stat().st_size)})")
     for line in result.notes:
@@ -270,14 +274,16 @@ def plot(run: RunArg) -> None:
 @app.command("probe-invariance")
 @user_errors
 def probe_invariance(
-    target: Annotated[str, typer.Argument(help="Run directory, checkpoint directory, timm export folder or timm model name.")],
+    target: Annotated[str, typer.Argument(metavar="TARGET", help="Run directory, checkpoint directory, timm export folder or timm model name.")],
     stages: Annotated[
-        list[str] | None, typer.Option("--stages", help="Stage names or 1-based indices (repeatable); default all.")
+        list[str] | None, typer.Option("--stages", metavar="STAGE", help="Stage names or 1-based indices (repeatable); default all.")
     ] = None,
-    compare: Annotated[str | None, typer.Option(help="A second TARGET, drawn side by side with the difference.")] = None,
-    images: Annotated[int, typer.Option(help="Held-out images (the first N of the test split).", min=8)] = 512,
-    weights: Annotated[Path | None, typer.Option(help="safetensors weights for a bare timm model name.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Output directory; default: the run's results/.")] = None,
+    compare: Annotated[str | None, typer.Option(metavar="TARGET", help="A second TARGET, drawn side by side with the difference.")] = None,
+    images: Annotated[
+        int, typer.Option(metavar="N", help="Held-out images (N of the test split; all of it when it has fewer).", min=8)
+    ] = 512,
+    weights: Annotated[Path | None, typer.Option(metavar="FILE", help="safetensors weights for a bare timm model name.")] = None,
+    out: Annotated[Path | None, typer.Option(metavar="DIR", help="Output directory; default: the run's results/.")] = None,
 ) -> None:
     """Per stage and augmentation op: invariance and predictability of the op on held-out images."""
     from hicl.evaluate.probe_report import default_out, probe_targets, render_difference, render_probe, write_outputs

@@ -21,8 +21,9 @@ from hicl.config import MAX_BATCH, MAX_EPOCHS, MAX_SIZE, MAX_WIDTH, PositiveInt,
 from hicl.data import SOURCES, DataConfig
 from hicl.data.synthetic import SyntheticSource
 from hicl.errors import HiclError
-from hicl.methods import METHODS, default_method_config, method_config_union
+from hicl.methods.configs import METHOD_CONFIGS, default_method_config, method_config_union
 from hicl.safe_yaml import read_yaml_file, read_yaml_text
+from hicl.timm_names import is_timm_model, timm_model_names
 
 # Canonical application order of the augmentation ops; a pipeline applies the ops it has in this order.
 OP_NAMES: tuple[str, ...] = ("crop", "flip", "rotation", "color_jitter", "grayscale", "blur", "solarize")
@@ -74,10 +75,8 @@ class BackboneConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_model(cls, name: str) -> str:
-        import timm
-
-        if not timm.is_model(name):
-            close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        if not is_timm_model(name):
+            close = difflib.get_close_matches(name, sorted(timm_model_names()), n=5, cutoff=0.6)
             hint = f" (similar: {', '.join(close)})" if close else ""
             raise ValueError(f"unknown timm model{hint}")
         return name
@@ -259,7 +258,8 @@ class ScheduleConfig(Section):
     @model_validator(mode="after")
     def _warmup(self) -> ScheduleConfig:
         if self.warmup_epochs >= self.epochs:
-            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be less than epochs ({self.epochs})")
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be less than epochs ({self.epochs}); "
+                             f"for a short run lower it too, e.g. --set schedule.warmup_epochs=0")
         return self
 
 
@@ -355,6 +355,16 @@ class Manifest(Section):
             raise ValueError(f"augment.blur.kernel_size: {kernel} is larger than the {self.view_size} px view")
         return self
 
+    @model_validator(mode="after")
+    def _img_size_is_the_view_size(self) -> Manifest:
+        # a ViT built for another input size fails at its first forward; say so while validating
+        img_size = self.backbone.kwargs.get("img_size")
+        sides = img_size if isinstance(img_size, (list, tuple)) else [img_size]
+        if img_size is not None and any(side != self.view_size for side in sides):
+            raise ValueError(f"backbone.kwargs.img_size: {img_size} is not the {self.view_size} px view size; "
+                             f"set backbone.kwargs.img_size={self.view_size} (or change augment.output_size)")
+        return self
+
     @property
     def run_dir(self) -> Path:
         return self.output.dir / (self.output.name or self.name)
@@ -375,6 +385,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--set` overrides in order; switching `data.source` or `method.name` keeps only the keys the
+    new choice has (`--set data.source=folder` on a synthetic manifest drops `data.synthetic`)."""
     for text in overrides:
         keys, value = parse_override(text)
         node = raw
@@ -383,14 +395,25 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(child, dict):
                 raise HiclError(f"--set {_shown(text)}: {_shown(key)} is not a section")
             node = child
+        if len(keys) == 2 and node.get(keys[1]) != value:
+            _keep_keys_of_new_choice(keys, node, value)
         node[keys[-1]] = value
     return raw
+
+
+def _keep_keys_of_new_choice(keys: list[str], section: dict[str, Any], choice: Any) -> None:
+    choices = {("data", "source"): {name: entry.config for name, entry in SOURCES.items()},
+               ("method", "name"): METHOD_CONFIGS}.get((keys[0], keys[1]))
+    config = choices.get(choice) if choices is not None and isinstance(choice, str) else None
+    if config is not None:
+        for key in [key for key in section if key not in config.model_fields]:
+            del section[key]
 
 
 def _without_union_tags(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     """pydantic puts the chosen config's tag into an error's location (`data.folder.root`,
     `method.simclr.temperature`); users wrote `data.root`, so the tag goes."""
-    tags = {"data": SOURCES, "method": METHODS}
+    tags = {"data": SOURCES, "method": METHOD_CONFIGS}
     if len(loc) > 1 and loc[0] in tags and loc[1] in tags[loc[0]]:
         return loc[:1] + loc[2:]
     return loc

@@ -14,7 +14,9 @@ import torch
 from PIL import Image
 from torchvision.io import encode_jpeg, encode_png
 
-from hicl.data import SOURCES, TrainData, load_split, open_split, split_fingerprint
+from hicl.data import SOURCES
+from hicl.data.fingerprint import split_fingerprint
+from hicl.data.loader import TrainData, load_split, open_split
 from hicl.data.base import BadImage, center_crop, decode, fit_to_square
 from hicl.errors import HiclError
 from hicl.manifest import Manifest
@@ -400,7 +402,7 @@ def test_webdataset_brace_pattern_naming_a_missing_shard_is_an_error(tmp_path):
 
 
 # ------------------------------------------------------------------------- hostile PNGs, pixel limit
-def _png(width: int, height: int, pixel_bytes: bytes) -> bytes:
+def png_bytes(width: int, height: int, pixel_bytes: bytes) -> bytes:
     """A PNG (8-bit RGB) of the given header size whose IDAT holds `pixel_bytes`, compressed, correct CRCs."""
     import struct
     import zlib
@@ -416,14 +418,14 @@ def test_the_png_writer_makes_a_png_that_decodes() -> None:
     from hicl.data.base import decode
 
     rows = b"".join(b"\x00" + bytes(range(30)) for _ in range(12))  # filter byte + 10 RGB pixels per row
-    image = decode(_png(10, 12, rows), "ok.png")
+    image = decode(png_bytes(10, 12, rows), "ok.png")
     assert image.shape == (3, 12, 10) and image[:, 0, 1].tolist() == [3, 4, 5]
 
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_png_with_short_pixel_data_is_skipped_or_named(tmp_path, workers):
     write_folder(tmp_path, {"train": 2, "val": 1})
-    (tmp_path / "train" / "a" / "short.png").write_bytes(_png(100, 100, b"\x00" * 50))
+    (tmp_path / "train" / "a" / "short.png").write_bytes(png_bytes(100, 100, b"\x00" * 50))
     common = {"source": "folder", "root": str(tmp_path), "image_size": 32, "workers": workers, "resident": "never"}
     train = TrainData(data_config(**common), torch.device("cpu"))
     seen = sum(len(b.images) for b in train.epoch(torch.Generator().manual_seed(0), 7))  # one batch of all 7
@@ -436,7 +438,7 @@ def test_a_png_with_short_pixel_data_is_skipped_or_named(tmp_path, workers):
 def test_an_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path):
     from hicl.data.base import MAX_PIXELS, BadImage, decode
 
-    huge = _png(20_000, 20_000, b"\x00" * 10)  # a few bytes on disk, 400 megapixels by its header
+    huge = png_bytes(20_000, 20_000, b"\x00" * 10)  # a few bytes on disk, 400 megapixels by its header
     with pytest.raises(BadImage, match=rf"20000x20000 px is more than data.max_pixels \({MAX_PIXELS}\)"):
         decode(huge, "huge.png")
     write_folder(tmp_path, {"train": 2, "val": 1})

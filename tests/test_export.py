@@ -226,6 +226,31 @@ def test_onnx_matches_pytorch_through_onnxruntime(runs, tmp_path):
     torch.testing.assert_close(torch.from_numpy(features), hicl_features(runs["regnet"], x), rtol=1e-4, atol=1e-4)
 
 
+
+def test_onnx_dynamic_size_runs_at_other_heights_and_widths(runs, tmp_path):
+    pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    fixed, dynamic = tmp_path / "fixed", tmp_path / "dynamic"
+    assert export(runs["regnet"], "onnx", fixed).exit_code == 0
+    result = export(runs["regnet"], "onnx", dynamic, "--dynamic-size")
+    assert result.exit_code == 0, result.output
+    assert "[batch, 3, height, width]" in result.output and f"at {SIZE} px and {SIZE + 32} px" in result.output
+    record = json.loads((dynamic / "export.json").read_text())
+    assert record["dynamic_size"] is True and record["checked_sizes"] == [SIZE, SIZE + 32]
+    x = torch.randn(2, 3, SIZE + 16, SIZE + 48, generator=torch.Generator().manual_seed(3))  # not square either
+    session = onnxruntime.InferenceSession(str(dynamic / "backbone.onnx"), providers=["CPUExecutionProvider"])
+    (features,) = session.run(["features"], {"images": x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(features), hicl_features(runs["regnet"], x), rtol=1e-4, atol=1e-4)
+    fixed_session = onnxruntime.InferenceSession(str(fixed / "backbone.onnx"), providers=["CPUExecutionProvider"])
+    with pytest.raises(Exception):  # without the flag the graph keeps the traced size
+        fixed_session.run(["features"], {"images": x.numpy()})
+
+
+def test_dynamic_size_is_for_onnx_only(runs, tmp_path):
+    result = export(runs["regnet"], "timm", tmp_path / "t", "--dynamic-size")
+    assert result.exit_code == 2 and "--dynamic-size: only --format onnx" in result.output
+
+
 def test_hicl_state_round_trip_through_init_from(runs, tmp_path, monkeypatch):
     out = tmp_path / "hicl"
     result = export(runs["resnet"], "hicl", out)

@@ -56,7 +56,7 @@ def test_version_prints_the_installed_version() -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["pretrain"], "error: Missing argument 'manifest'. (see 'hicl pretrain --help')"),
+        (["pretrain"], "error: Missing argument 'MANIFEST'. (see 'hicl pretrain --help')"),
         (["pretrain", "--bogus"], "error: No such option: --bogus (see 'hicl pretrain --help')"),
         (["no-such-command"], "error: No such command 'no-such-command'. (see 'hicl --help')"),
     ],
@@ -115,3 +115,75 @@ def test_a_wrong_backbone_kwarg_value_is_not_called_an_unknown_argument() -> Non
         create_backbone(BackboneConfig(name=vit, kwargs={"drop_rate": "abc"}))
     with pytest.raises(HiclError, match=r"^backbone.kwargs: resnet18 does not take 'no_such_arg'$"):
         create_backbone(BackboneConfig(name="resnet18", kwargs={"no_such_arg": 1}))
+
+
+# ------------------------------------------------------------------------------ switching with --set
+def test_switching_the_data_source_with_set_drops_the_other_sources_keys(tmp_path: Path) -> None:
+    assert "synthetic" in yaml.safe_load(QUICKSTART.read_text())["data"]
+    manifest = load_manifest(QUICKSTART, ["data.source=folder", f"data.root={tmp_path}"])
+    assert manifest.data.source == "folder" and manifest.data.root == tmp_path
+    assert manifest.data.image_size == 32  # a key both sources have is kept
+    back = load_manifest(QUICKSTART, ["data.source=synthetic"])  # setting the same source changes nothing
+    assert back.data.synthetic.num_train == 5000
+
+
+def test_switching_the_method_with_set_drops_the_other_methods_keys() -> None:
+    manifest = load_manifest(QUICKSTART, ["method.name=byol"])
+    assert manifest.method.name == "byol" and manifest.method.proj_dim == 128  # shared key kept
+    assert not hasattr(manifest.method, "temperature")  # simclr's key dropped
+
+
+def test_an_unknown_source_given_by_set_is_still_named() -> None:
+    with pytest.raises(HiclError, match="unknown data source; expected one of"):
+        load_manifest(QUICKSTART, ["data.source=fold"])
+
+
+# ------------------------------------------------------------------------------ short runs, small data
+def test_a_warmup_longer_than_a_shortened_run_names_the_fix() -> None:
+    with pytest.raises(HiclError, match=r"warmup_epochs \(10\) must be less than epochs \(2\).*"
+                       r"--set schedule.warmup_epochs=0"):
+        load_manifest(QUICKSTART, ["schedule.epochs=2", "schedule.warmup_epochs=10"])
+
+
+def _small_folder(root: Path, per_class: int, classes: int = 2) -> None:
+    from PIL import Image
+
+    for split, count in (("train", per_class), ("val", 4)):
+        for k in range(classes):
+            folder = root / split / f"c{k}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.new("RGB", (40 + i, 30 + 2 * i), (60 + 150 * k, 90, 40 + 7 * i)).save(folder / f"{i}.png")
+
+
+def test_a_batch_larger_than_the_data_names_a_batch_that_fits(tmp_path: Path) -> None:
+    _small_folder(tmp_path / "images", per_class=10)
+    args = ["pretrain", str(QUICKSTART), "--set", "data.source=folder", "--set", f"data.root={tmp_path / 'images'}",
+            "--set", "optim.batch_size=512", "--set", f"output.dir={tmp_path / 'runs'}", "--set", "data.workers=0",
+            "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "optim.batch_size: 512 is larger than the 20 training images" in result.output
+    assert "--set optim.batch_size=16" in result.output
+
+
+def test_the_own_images_smoke_manifest_runs_as_the_readme_says(tmp_path: Path) -> None:
+    smoke = QUICKSTART.parent / "own_images_smoke.yaml"
+    assert f"hicl pretrain manifests/{smoke.name} --set data.root=" in (QUICKSTART.parent.parent / "README.md").read_text()
+    _small_folder(tmp_path / "images", per_class=16)  # 32 images: the smallest folder it is sized for
+    args = ["pretrain", str(smoke), "--set", f"data.root={tmp_path / 'images'}", "--set", f"output.dir={tmp_path}",
+            "--set", "schedule.epochs=2", "--set", "eval.epochs=2", "--set", "data.workers=0", "--no-progress"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    results = tmp_path / "own_images_smoke" / "results"
+    assert (results / "linear_eval.json").is_file() and (results / "training.png").stat().st_size > 10_000
+
+
+def test_a_vit_img_size_other_than_the_view_size_is_refused_while_validating() -> None:
+    vit = ["backbone.name=vit_tiny_patch16_224"]
+    with pytest.raises(HiclError, match=r"backbone.kwargs.img_size: 48 is not the 32 px view size; "
+                                        r"set backbone.kwargs.img_size=32"):
+        load_manifest(QUICKSTART, [*vit, "backbone.kwargs.img_size=48"])
+    with pytest.raises(HiclError, match=r"img_size: \[32, 48\] is not the 32 px"):
+        load_manifest(QUICKSTART, [*vit, "backbone.kwargs.img_size=[32, 48]"])
+    assert load_manifest(QUICKSTART, [*vit, "backbone.kwargs.img_size=32"]).backbone.kwargs == {"img_size": 32}

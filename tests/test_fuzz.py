@@ -74,10 +74,14 @@ def invoke(args: list[str]):
     return runner.invoke(app, [str(a) for a in args])
 
 
-def assert_one_line_error(result, code: int = 2, contains: str | None = None) -> None:
+def assert_one_line_error(result, code: int = 2, contains: str | None = None, after_info: bool = False) -> None:
+    """Exit `code` with one `error:` line; `after_info`: a run that started may print its info lines first."""
     assert result.exit_code == code, (result.exit_code, result.output, result.exception)
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     lines = result.stderr.strip().splitlines()
+    if after_info:
+        assert not any(line.startswith("error: ") for line in lines[:-1]), result.stderr
+        lines = lines[-1:]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert len(lines[0]) <= 1100
     assert "Traceback" not in result.output
@@ -127,6 +131,9 @@ BAD_VALUES = {
     "huge eval epochs": ({"eval.epochs": 10**9}, "eval.epochs"),
     "huge threads": ({"runtime.threads": 10**6}, "runtime.threads"),
     "blur kernel above view": ({"augment.blur.kernel_size": 99}, "augment.blur.kernel_size"),
+    "vit img_size not the view size": (
+        {"backbone.name": "vit_tiny_patch16_224", "backbone.kwargs": {"img_size": 224}}, "backbone.kwargs.img_size"),
+    "warmup as long as the run": ({"schedule.warmup_epochs": 2}, "--set schedule.warmup_epochs=0"),
     "negative seed": ({"seed": -1}, "seed"),
     # names that would climb out of, or stand for, the output directory
     "name dot": ({"name": "."}, "name"),
@@ -226,6 +233,10 @@ BAD_OVERRIDES = {
     "output name climbing": ("output.name=../x", "output.name"),
     "huge value": ("runtime.device=" + "x" * 100_000, "runtime.device"),
     "duplicate key in value": ("backbone.kwargs={a: 1, a: 2}", "twice"),
+    "empty output dir": ("output.dir=", "output.dir: expected a directory path, got an empty one"),
+    "unknown source": ("data.source=fold", "unknown data source"),
+    "unknown method": ("method.name=simsam", "unknown method.name"),
+    "lr 1e-6 then a bad key": ("optim.lr_=1e-6", "optim.lr_"),
 }
 
 
@@ -236,6 +247,61 @@ def test_bad_override(sandbox, override, field):
     assert_one_line_error(invoke(["validate", path, "--set", override]), contains=field)
     check_untouched(sandbox, before)
 
+
+
+def _short_png_folder(root: Path) -> Path:
+    from test_data import png_bytes, write_folder
+
+    write_folder(root / "images", {"train": 2, "val": 1})
+    (root / "images" / "train" / "a" / "short.png").write_bytes(png_bytes(100, 100, b"\x00" * 50))
+    return root / "images"
+
+
+def _pixel_bomb_folder(root: Path) -> Path:
+    from test_data import png_bytes, write_folder
+
+    write_folder(root / "images", {"train": 2, "val": 1})
+    (root / "images" / "train" / "b" / "bomb.png").write_bytes(png_bytes(20_000, 20_000, b"\x00" * 10))
+    return root / "images"
+
+
+BAD_DATA = {  # hostile files on disk: each stops the run with one line naming the file
+    "short png, workers 0": (_short_png_folder, {"data.workers": 0}, "short.png"),
+    "short png, workers 1": (_short_png_folder, {"data.workers": 1}, "short.png"),
+    "pixel bomb png": (_pixel_bomb_folder, {"data.workers": 0}, "bomb.png"),
+}
+
+
+@pytest.mark.parametrize("make, extra, named", BAD_DATA.values(), ids=BAD_DATA.keys())
+def test_bad_image_files_fail_in_one_line_naming_the_file(sandbox, make, extra, named):
+    root = make(sandbox)
+    data = {"data": {"source": "folder", "root": str(root), "image_size": 32, "on_bad_image": "fail",
+                     "resident": "never", **{k.split(".")[1]: v for k, v in extra.items()}},
+            "optim.batch_size": 7, "schedule.epochs": 1}  # one batch holds every image
+    path = manifest_file(sandbox, data)
+    before = snapshot(sandbox, sandbox / "runs" / "tiny")
+    assert_one_line_error(invoke(["pretrain", path, "--no-progress"]), contains=named, after_info=True)
+    check_untouched(sandbox, before, sandbox / "runs" / "tiny")
+
+
+def test_a_missing_webdataset_shard_and_a_cut_gzip_are_one_line(sandbox):
+    pytest.importorskip("webdataset")
+    import gzip
+
+    from test_data import write_shard
+
+    for k in (0, 2):
+        write_shard(sandbox / f"train-{k:06d}.tar", 4, 4 * k)
+    shards = {"source": "webdataset", "train_shards": str(sandbox / "train-{000000..000002}.tar"), "num_classes": 2}
+    assert_one_line_error(invoke(["pretrain", manifest_file(sandbox, {"data": shards}), "--no-progress"]),
+                          contains="train-000001.tar does not exist")
+    idx = sandbox / "idx"
+    idx.mkdir()
+    payload = gzip.compress(bytes([0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28]) + bytes(2 * 28 * 28))
+    (idx / "train-images-idx3-ubyte.gz").write_bytes(payload[: len(payload) // 2])
+    (idx / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 2, 3, 7])))
+    result = invoke(["pretrain", manifest_file(sandbox, {"data": {"source": "mnist", "root": str(idx)}}), "--no-progress"])
+    assert_one_line_error(result, contains="not a complete gzip file")
 
 def test_device_message_says_got_once(sandbox):
     result = invoke(["validate", manifest_file(sandbox), "--set", "runtime.device=gpu"])

@@ -95,7 +95,8 @@ def test_probe_reads_a_run_its_timm_export_and_its_hicl_export_alike(tiny_run, t
 def test_fast_protocols_stream_the_splits_and_match_them_decoded(tiny_run, monkeypatch):
     from safetensors.torch import load_file
 
-    from hicl.data import load_split, tensor_fingerprint
+    from hicl.data.fingerprint import tensor_fingerprint
+    from hicl.data.loader import load_split
     from hicl.evaluate import linear
     from hicl.evaluate.features import model_input, pretrained_backbone
     from hicl.manifest import load_manifest
@@ -133,3 +134,11 @@ def test_cached_features_are_recomputed_for_other_data(tiny_run):
     assert result.exit_code == 0, result.output
     subset = json.loads((tiny_run / "results" / "knn.json").read_text())["data_fingerprint"]
     assert subset["train"] != full["train"] and subset["test"] != full["test"]
+
+
+def test_probe_on_a_small_test_split_uses_all_of_it_and_says_so(tiny_run, tmp_path):
+    out = tmp_path / "probe_default"
+    result = CliRunner().invoke(app, ["probe-invariance", str(tiny_run), "--stages", "layer4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "the test split has 32 images, fewer than the 512 asked for; using all 32" in result.output
+    assert json.loads((out / "invariance.json").read_text())["targets"][0]["protocol"]["images"] == 32

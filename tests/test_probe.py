@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from hicl.data import load_split
+from hicl.data.loader import load_split
 from hicl.evaluate.invariance import mean_ci95, probe_invariance, quantile_bins, whitened_cosine, whitening
 from hicl.data.synthetic import SyntheticConfig, SyntheticSource
 from hicl.manifest import AugmentConfig
@@ -115,3 +115,29 @@ def test_quantile_bins_are_equal_count_and_ci_matches_the_normal_formula():
     mean, half = mean_ci95(v)
     assert mean == 2.5
     assert half == pytest.approx(1.96 * math.sqrt(5 / 3) / 2, rel=1e-3)
+
+
+def test_the_probe_table_fits_80_columns_with_every_op_and_stage(images):
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    from hicl.evaluate.invariance import PROBE_OP_NAMES
+    from hicl.evaluate.probe_report import ProbedTarget, render_difference, render_probe
+
+    def five_stages(views):
+        return {f"layer{k}": conv_features(views) * k for k in range(1, 6)}
+
+    result = probe_invariance(five_stages, images[:64], AUGMENT, 16, seed=0)
+    assert result.ops == list(PROBE_OP_NAMES) and len(result.stages) == 5
+    probed = ProbedTarget(SimpleNamespace(label="run"), result, {})
+    console = Console(width=80, record=True)
+    console.print(render_probe(probed))
+    console.print(render_difference(probed, probed))
+    text = console.export_text()
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = [line.split("│")[1].strip() for line in lines if line.startswith("│") and line.split("│")[1].strip()]
+    assert rows[: len(result.ops)] == result.ops  # one row per op, names unbroken
+    cell = result.cell("layer3", result.ops[0])
+    assert f"{cell.invariance:.2f}±{cell.invariance_ci95:.2f}" in text

@@ -2,6 +2,9 @@
 
 Importing this package registers every built-in source; `DataConfig` is the discriminated union of
 their configs (on `source`, default `synthetic`) that the manifest's `data` section validates against.
+The package itself stays light (the source modules load torch at first use), so that reading a
+manifest does not load torch; the loader lives in `hicl.data.loader`, fingerprints in
+`hicl.data.fingerprint`.
 """
 
 from __future__ import annotations
@@ -12,8 +15,6 @@ from pydantic import Discriminator, Tag
 
 from hicl.data import arrays, folder, synthetic, webdataset  # noqa: F401  (registers the sources)
 from hicl.data.base import ImageSet, SkippedImages, SourceConfig
-from hicl.data.fingerprint import split_fingerprint, tensor_fingerprint
-from hicl.data.loader import Batch, TrainData, eval_batches, load_split, open_split
 from hicl.data.source import SOURCES, Split
 
 
@@ -33,7 +34,4 @@ DataConfig = Annotated[
     ),
 ]
 
-__all__ = [
-    "SOURCES", "Batch", "DataConfig", "ImageSet", "SkippedImages", "SourceConfig", "Split", "TrainData",
-    "eval_batches", "load_split", "open_split", "split_fingerprint", "tensor_fingerprint",
-]
+__all__ = ["SOURCES", "DataConfig", "ImageSet", "SkippedImages", "SourceConfig", "Split"]

@@ -25,16 +25,20 @@ import io
 import pickle
 import zlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
-from torch import Tensor
 
 from hicl.data.base import SourceConfig, missing_files_error
 from hicl.data.source import ArraySplit, Split, register, subset
 from hicl.errors import HiclError
+from hicl.lazy import lazy_import
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_import("torch")  # loaded at first use: the manifest imports this module
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -59,7 +63,7 @@ def _finish(cfg: SourceConfig, images: Tensor, labels: Tensor, classes: int, fil
 
 
 # ----------------------------------------------------------------------------------------------- IDX
-IDX_DTYPES = {0x08: torch.uint8}
+IDX_UNSIGNED_BYTE = 0x08  # the only IDX type code MNIST-style image and label files use
 
 
 def _gunzip(path: Path) -> bytes:
@@ -73,7 +77,7 @@ def _gunzip(path: Path) -> bytes:
 def read_idx(path: Path) -> Tensor:
     """An IDX file (MNIST's format; gzipped when the name ends in .gz) as a uint8 tensor of its shape."""
     raw = _gunzip(path) if path.suffix == ".gz" else path.read_bytes()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != IDX_UNSIGNED_BYTE:
         raise HiclError(f"{path}: not an IDX file of unsigned bytes")
     ndim = raw[3]
     header = 4 + 4 * ndim

@@ -23,14 +23,17 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor
 
+from hicl.lazy import lazy_import
 from hicl.config import MAX_IMAGES, Section
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_import("torch")  # loaded at first use: the manifest imports this module
 
 MIN_SIDE = 8  # smaller images cannot be cropped meaningfully (1x1 px thumbnails, broken exports)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -185,7 +188,7 @@ def resize(image: Tensor, height: int, width: int) -> Tensor:
     if tuple(image.shape[-2:]) == (height, width):
         return image
     # uint8 in, uint8 out: torch has a vectorised kernel for exactly this (4x faster than via float32)
-    return F.interpolate(image.unsqueeze(0), size=(height, width), mode="bilinear", antialias=True,
+    return torch.nn.functional.interpolate(image.unsqueeze(0), size=(height, width), mode="bilinear", antialias=True,
                          align_corners=False).squeeze(0)
 
 

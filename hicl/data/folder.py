@@ -16,12 +16,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import torch
 from pydantic import Field
 
 from hicl.data.base import SourceConfig
 from hicl.data.source import FileSplit, Split, register, subset
 from hicl.errors import HiclError
+from hicl.lazy import lazy_import
+
+torch = lazy_import("torch")  # loaded at first use: the manifest imports this module
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 

@@ -16,12 +16,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-from torch import Tensor
 
 from hicl.data.base import SourceConfig
+from hicl.lazy import lazy_import
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_import("torch")  # loaded at first use: the manifest imports this module
 
 # pretrain: what pretraining reads (may include unlabeled images); train, test: the labeled splits
 # that evaluation fits and scores on.

@@ -25,15 +25,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import torch
 from pydantic import Field
-from torch import Tensor
 
+from hicl.lazy import lazy_import
 from hicl.config import Section
 from hicl.data.base import ImageSet, SourceConfig
 from hicl.data.source import ArraySplit, Split, register
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_import("torch")  # loaded at first use: the manifest imports this module
 
 LABEL_HEADS: dict[str, int] = {"shape": 8, "hue": 8, "chirality": 2, "size": 3, "quadrant": 4}
 SHAPES: tuple[str, ...] = ("disk", "square", "triangle", "ring", "cross", "star", "bar", "semicircle")

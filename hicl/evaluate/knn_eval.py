@@ -15,7 +15,7 @@ from hicl.train.device import resolve_device
 
 def knn_eval(manifest: Manifest, run: RunDir, console: Console | None = None) -> dict:
     """Top-1 (top-5) of weighted kNN with the training split as memory; writes results/knn.json."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     cfg = manifest.eval
     device = resolve_device(manifest.runtime)
     splits = streamed_splits(manifest)

@@ -25,7 +25,9 @@ from rich.table import Table
 from torch import nn
 
 from hicl.augment import Pipeline, identity_params
-from hicl.data import ImageSet, eval_batches, load_split, open_split, tensor_fingerprint
+from hicl.data import ImageSet
+from hicl.data.fingerprint import tensor_fingerprint
+from hicl.data.loader import eval_batches, load_split, open_split
 from hicl.errors import HiclError
 from hicl.evaluate.features import (
     Batches, StageFeatures, cached_split_features, pretrained_backbone, random_backbone,
@@ -143,7 +145,7 @@ def streamed_splits(manifest: Manifest) -> StreamedSplits:
 def linear_eval(manifest: Manifest, run: RunDir, console: Console | None = None) -> dict:
     """Scores of the run's backbone (and of the same backbone at random init) on every label head,
     for the stages `eval.stage` names, by the protocol `eval.protocol`."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     cfg = manifest.eval
     device = resolve_device(manifest.runtime)
     if cfg.protocol == "fast":

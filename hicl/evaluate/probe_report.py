@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from hicl.data import load_split, tensor_fingerprint
+from hicl.data.fingerprint import tensor_fingerprint
+from hicl.data.loader import load_split
 from hicl.errors import HiclError
 from hicl.evaluate.features import StageFeatures
 from hicl.evaluate.invariance import NUM_BINS, SHRINKAGE, ProbeResult, probe_invariance
@@ -29,6 +31,9 @@ class ProbedTarget:
     record: dict[str, Any]
 
 
+MIN_IMAGES = 8  # fewer leave the predictability classifier nothing to test on
+
+
 def probe_targets(
     targets: list[ProbeTarget], stages: list[str] | None, num_images: int, console: Console
 ) -> list[ProbedTarget]:
@@ -37,8 +42,11 @@ def probe_targets(
     device = resolve_device(base.runtime)
     # a fixed spread-out subset (every class of a sorted folder), not the whole split
     test = load_split(base.data.model_copy(update={"max_images": min(num_images, base.data.max_images or num_images)}), "test")
-    if num_images > len(test):
-        raise HiclError(f"--images: the test split has {len(test)} images, {num_images} requested")
+    if len(test) < MIN_IMAGES:
+        raise HiclError(f"the test split has {len(test)} images; the probe needs at least {MIN_IMAGES}")
+    if num_images > len(test):  # a small set is probed whole rather than refused
+        console.print(f"probe: the test split has {len(test)} images, fewer than the {num_images} asked for; using all {len(test)}")
+        num_images = len(test)
     images = test.images[:num_images]
     probed = []
     for target in targets:
@@ -102,35 +110,36 @@ def write_outputs(probed: list[ProbedTarget], out: Path) -> list[Path]:
 
 
 def render_probe(probed: ProbedTarget) -> Table:
-    """Stages x ops; each cell: invariance (+- CI) / predictability over chance."""
+    """Ops down, stages across; each cell: invariance (+- CI) over predictability over chance."""
     result = probed.result
-    table = Table(
-        title=f"{probed.target.label}: invariance ± 95% CI / predictability over chance "
-        f"({result.num_images} images; classifier tested on {result.cells[0].predictability_n})"
-    )
-    table.add_column("stage")
-    for op in result.ops:
-        table.add_column(op, justify="right")
-    for stage in result.stages:
-        row = [stage]
-        for op in result.ops:
-            cell = result.cell(stage, op)
-            row.append(f"{cell.invariance:.2f}±{cell.invariance_ci95:.2f}\n{100 * cell.over_chance:+.0f}%")
-        table.add_row(*row)
-    return table
+
+    def cell_text(stage: str, op: str) -> str:
+        cell = result.cell(stage, op)
+        return f"{cell.invariance:.2f}±{cell.invariance_ci95:.2f}\n{100 * cell.over_chance:+.0f}%"
+
+    title = (f"{probed.target.label}: invariance ± 95% CI / predictability over chance "
+             f"({result.num_images} images; classifier tested on {result.cells[0].predictability_n})")
+    return _ops_down(title, result.stages, result.ops, cell_text)
 
 
 def render_difference(a: ProbedTarget, b: ProbedTarget) -> Table:
-    table = Table(title=f"{b.target.label} - {a.target.label}: Δ invariance / Δ predictability over chance")
-    table.add_column("stage")
-    for op in a.result.ops:
-        table.add_column(op, justify="right")
     cells = {(d["stage"], d["op"]): d for d in difference(a.result, b.result)}
-    for stage in a.result.stages:
-        table.add_row(stage, *(
-            f"{cells[stage, op]['invariance']:+.2f}\n{100 * cells[stage, op]['over_chance']:+.0f}%"
-            for op in a.result.ops
-        ))
+
+    def cell_text(stage: str, op: str) -> str:
+        return f"{cells[stage, op]['invariance']:+.2f}\n{100 * cells[stage, op]['over_chance']:+.0f}%"
+
+    title = f"{b.target.label} - {a.target.label}: Δ invariance / Δ predictability over chance"
+    return _ops_down(title, a.result.stages, a.result.ops, cell_text)
+
+
+def _ops_down(title: str, stages: list[str], ops: list[str], cell_text: Callable[[str, str], str]) -> Table:
+    # ops as rows: a model has 4-5 stages but a probe has up to a dozen ops, so this fits 80 columns
+    table = Table(title=title)
+    table.add_column("op")
+    for stage in stages:
+        table.add_column(stage, justify="right")
+    for op in ops:
+        table.add_row(op, *(cell_text(stage, op) for stage in stages))
     return table
 
 

@@ -32,6 +32,7 @@ RECORD = "export.json"
 @dataclass(frozen=True)
 class ExportOptions:
     pth: bool = False  # torchvision: also write the .pth torchvision users expect
+    dynamic_size: bool = False  # onnx: height and width are dynamic axes too (detection, segmentation)
 
 
 @dataclass
@@ -167,6 +168,8 @@ def run_export(
     module = exporter(format_name)
     if options.pth and format_name != "torchvision":
         raise HiclError("--pth: only --format torchvision writes a .pth file")
+    if options.dynamic_size and format_name != "onnx":
+        raise HiclError("--dynamic-size: only --format onnx has input axes to make dynamic")
     source = ExportSource.open(target, overrides)
     module.check(source, options)
     prepare_out(out, overwrite)

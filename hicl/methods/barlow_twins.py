@@ -19,14 +19,10 @@ from torch import nn
 from hicl.collectives import gather_with_grad
 from hicl.config import NonNegativeFloat, PositiveFloat
 from hicl.layers import mlp
-from hicl.methods.base import Method, MethodConfig
+from hicl.methods.base import Method
+from hicl.methods.configs import BarlowTwinsConfig
 from hicl.methods.registry import register
 
-
-class BarlowTwinsConfig(MethodConfig):
-    name: Literal["barlow_twins"] = "barlow_twins"
-    lambd: NonNegativeFloat = Field(3.9e-3, description="weight of the off-diagonal terms (the paper's lambda)")
-    scale: PositiveFloat = Field(1 / 32, description="factor on the whole loss")
 
 
 def standardize(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

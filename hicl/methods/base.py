@@ -17,15 +17,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from hicl.config import Section, Width
+from hicl.methods.configs import MethodConfig
 
-
-class MethodConfig(Section):
-    """Keys every method has: the projector's widths."""
-
-    name: str
-    proj_hidden_dim: Width = 2048
-    proj_dim: Width = 2048
 
 
 class Method(nn.Module, ABC):

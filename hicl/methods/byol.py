@@ -19,14 +19,10 @@ from torch import nn
 
 from hicl.config import Momentum, Width
 from hicl.layers import make_predictors, mlp
-from hicl.methods.base import Method, MethodConfig
+from hicl.methods.base import Method
+from hicl.methods.configs import BYOLConfig
 from hicl.methods.registry import register
 
-
-class BYOLConfig(MethodConfig):
-    name: Literal["byol"] = "byol"
-    pred_hidden_dim: Width = 512
-    momentum: Momentum = Field(0.99, description="base EMA decay of the target, raised to 1 along a cosine")
 
 
 def regression_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -21,15 +21,10 @@ from torch import nn
 from hicl.collectives import gather
 from hicl.config import Momentum, PositiveFloat
 from hicl.layers import mlp
-from hicl.methods.base import Method, MethodConfig
+from hicl.methods.base import Method
+from hicl.methods.configs import MoCoV2Config
 from hicl.methods.registry import register
 
-
-class MoCoV2Config(MethodConfig):
-    name: Literal["moco_v2"] = "moco_v2"
-    temperature: PositiveFloat = Field(0.2, description="softmax temperature t")
-    queue_size: Annotated[int, Field(gt=0, le=1_048_576)] = Field(4096, description="negatives kept per stage")
-    momentum: Momentum = Field(0.99, description="EMA decay of the target (constant)")
 
 
 def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:

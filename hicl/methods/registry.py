@@ -1,18 +1,18 @@
 """The registry of self-supervised methods: `method.name` in a manifest -> the `Method` class.
 
 Each method module decorates its class with `@register`; the name is the default of its config's
-`name` literal, so it is spelled once. `hicl.methods` imports every module of the package, so a new
-method is one new file. The manifest's `method` section, the CLI and the tests derive from `METHODS`.
+`name` literal, so it is spelled once, and the config must be one of `hicl.methods.configs`.
+Reading `hicl.methods.METHODS` imports every module of the package, so `METHODS` is complete.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, TypeVar
 
+from hicl.methods.configs import METHOD_CONFIGS
+
 if TYPE_CHECKING:
     from hicl.methods.base import Method
-
-DEFAULT_METHOD = "simsiam"
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -27,5 +27,7 @@ def register(cls: M) -> M:
     name = method_name(cls)
     if name in METHODS:
         raise ValueError(f"method {name!r} registered twice ({METHODS[name].__qualname__}, {cls.__qualname__})")
+    if METHOD_CONFIGS.get(name) is not cls.Config:
+        raise ValueError(f"method {name!r}: its Config must be the one in hicl.methods.configs")
     METHODS[name] = cls
     return cls

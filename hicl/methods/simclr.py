@@ -22,13 +22,10 @@ from torch import nn
 from hicl.collectives import gather_with_grad, rank
 from hicl.config import PositiveFloat
 from hicl.layers import mlp
-from hicl.methods.base import Method, MethodConfig
+from hicl.methods.base import Method
+from hicl.methods.configs import SimCLRConfig
 from hicl.methods.registry import register
 
-
-class SimCLRConfig(MethodConfig):
-    name: Literal["simclr"] = "simclr"
-    temperature: PositiveFloat = Field(0.2, description="softmax temperature t")
 
 
 def nt_xent_loss(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -14,14 +14,10 @@ from torch import nn
 
 from hicl.config import Width
 from hicl.layers import make_predictors, mlp
-from hicl.methods.base import Method, MethodConfig
+from hicl.methods.base import Method
+from hicl.methods.configs import SimSiamConfig
 from hicl.methods.registry import register
 
-
-class SimSiamConfig(MethodConfig):
-    name: Literal["simsiam"] = "simsiam"
-    pred_hidden_dim: Width = 512
-    fixed_predictor_lr: bool = Field(True, description="the predictor keeps the base lr (no decay)")
 
 
 def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from hicl.augment.hierarchy import StageAugmenter, StageViews
-from hicl.data import ImageSet, TrainData, split_fingerprint
+from hicl.data import ImageSet
+from hicl.data.fingerprint import split_fingerprint
+from hicl.data.loader import TrainData
 from hicl.errors import HiclError
 from hicl.manifest import Manifest
 from hicl.models.network import SSLModel, build_model
@@ -149,6 +151,14 @@ def pretrain(
         shutdown()
 
 
+def _fitting_batch(images: int, processes: int) -> int:
+    """The largest power of two, a multiple of the process count, that fits `images` (at least one per process)."""
+    batch = processes
+    while batch * 2 <= images:
+        batch *= 2
+    return batch
+
+
 def _pretrain(
     manifest: Manifest, env: DistEnv, device: torch.device, resume: bool, overwrite: bool, console: Console,
     show_progress: bool, init_from: Path | None,
@@ -165,7 +175,8 @@ def _pretrain(
     train = TrainData(manifest.data, device, env.rank, env.world_size)
     steps_per_epoch = train.steps_per_epoch(batch_size)
     if steps_per_epoch == 0:
-        raise HiclError(f"optim.batch_size: {batch_size} is larger than the {len(train)} training images")
+        raise HiclError(f"optim.batch_size: {batch_size} is larger than the {len(train)} training images; "
+                        f"set a smaller one, e.g. --set optim.batch_size={_fitting_batch(len(train), env.world_size)}")
 
     torch.manual_seed(manifest.seed)  # the same initial weights on every rank
     augmenter = StageAugmenter(manifest.hierarchy, manifest.augment, manifest.view_size, view_dtype(manifest.runtime))
