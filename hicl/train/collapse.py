@@ -1,0 +1,76 @@
+"""Per-stage collapse figures from projections the step already computed, and the alarm over them.
+
+For a stage's projections of the two views, `z_a`, `z_b` ([N, d] each):
+
+- `spread`: the standard deviation over the batch of the L2-normalised outputs, averaged over the d
+  dimensions and multiplied by sqrt(d). Uniformly spread unit vectors have a per-dimension std of about
+  1/sqrt(d), so a healthy stage reads about 1 and a collapsed one (every image the same output) 0
+  (SimSiam, Chen & He 2021, Fig. 2).
+- `effective_rank`: exp of the entropy of the normalised singular values p_k = s_k / sum s of the
+  stacked embeddings [z_a; z_b] (RankMe, Garrido et al. 2023): between 1 (rank one) and min(2N, d).
+- `view_cosine`: the mean cosine of the two views of each image; near 1 for every image when a
+  SimSiam/BYOL stage has collapsed (and also when it is simply invariant, so it is logged, not alarmed).
+
+`CollapseAlarm` counts, per stage, consecutive checks whose spread is under the threshold and names the
+stages that reach `patience` checks in a row.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class StageHealth:
+    spread: float
+    effective_rank: float
+    view_cosine: float
+
+    def record(self, stage: int) -> dict[str, float]:
+        return {f"spread_{stage}": self.spread, f"erank_{stage}": self.effective_rank,
+                f"view_cos_{stage}": self.view_cosine}
+
+
+def spread(z: torch.Tensor) -> torch.Tensor:
+    """sqrt(d) * mean_j std_i(z_i / ||z_i||)_j: about 1 for spread-out outputs, 0 for a constant one."""
+    unit = torch.nn.functional.normalize(z.float(), dim=1)
+    return unit.std(dim=0, unbiased=False).mean() * math.sqrt(z.shape[1])
+
+
+def effective_rank(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """exp(-sum_k p_k log p_k) with p_k = s_k / sum s over the singular values s of `z` ([N, d])."""
+    singular = torch.linalg.svdvals(z.float())
+    p = singular / singular.sum().clamp_min(eps) + eps
+    return torch.exp(-(p * p.log()).sum())
+
+
+def view_cosine(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(z_a.float(), z_b.float(), dim=1).mean()
+
+
+def stage_health(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
+    """[spread, effective rank, view cosine] of one stage, as one device tensor (read back by the caller)."""
+    both = torch.cat((z_a, z_b)).detach()
+    return torch.stack((spread(both), effective_rank(both), view_cosine(z_a.detach(), z_b.detach())))
+
+
+@dataclass
+class CollapseAlarm:
+    """Names the stages whose spread stayed under `threshold` for `patience` checks in a row."""
+
+    threshold: float
+    patience: int
+    _low: dict[int, int] = field(default_factory=dict)
+
+    def update(self, healths: list[StageHealth]) -> list[int]:
+        """Record one check (stages 0-based); the stages that have just reached `patience` low checks."""
+        fired = []
+        for stage, health in enumerate(healths):
+            low = self._low.get(stage, 0) + 1 if health.spread < self.threshold else 0
+            self._low[stage] = low
+            if low == self.patience:
+                fired.append(stage)
+        return fired
