@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import sys
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
@@ -28,7 +29,7 @@ from hicl.data import SOURCES, DataConfig
 from hicl.data.synthetic import SyntheticSource
 from hicl.errors import HiclError
 from hicl.methods import METHODS, default_method_config, method_config_union
-from hicl.registry import MODULE_NAME, import_plugins
+from hicl.registry import MODULE_NAME, import_plugins, module_record
 from hicl.safe_yaml import read_yaml_file, read_yaml_text
 
 __all__ = [
@@ -464,6 +465,11 @@ def plugin_modules(raw: dict[str, Any]) -> list[str]:
     augment = raw.get("augment")
     plugins = augment.get("plugins", []) if isinstance(augment, dict) else []
     return [p for p in plugins if isinstance(p, str)] if isinstance(plugins, list) else []
+
+
+def plugin_records(manifest: Manifest) -> list[dict[str, str]]:
+    """Each plugin module of the manifest (imported when it was validated) with its version or file hash."""
+    return [module_record(sys.modules[name]) for name in manifest.augment.plugins]
 
 
 def manifest_from_dict(raw: dict[str, Any], source: str = "manifest") -> Manifest:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from hicl.manifest import Manifest
+from hicl.manifest import Manifest, manifest_model
 
 HEADER = """# The run manifest
 
@@ -100,9 +100,10 @@ def _rows(model: type[BaseModel], prefix: str, tables: list[Table], defaults: Ba
     return rows
 
 
-def manifest_markdown() -> str:
+def manifest_markdown(model: type[Manifest] | None = None) -> str:
+    """The key reference of `model` (default: the manifest of the ops registered now)."""
     tables: list[Table] = []
-    main = _rows(Manifest, "", tables)
+    main = _rows(model or manifest_model(), "", tables)
     head = "| key | default | meaning |\n| --- | --- | --- |\n"
     parts = [HEADER, "## Keys\n", head + "\n".join(main) + "\n"]
     for title, intro, rows in tables:
