@@ -27,7 +27,9 @@ class ChannelShuffleConfig(Section):
     p: Probability = 0.3
 
 
-def sample(batch_size: int, image_hw: object, cfg: ChannelShuffleConfig, generator: torch.Generator) -> Params:
+def sample(
+    batch_size: int, image_hw: object, cfg: ChannelShuffleConfig, generator: torch.Generator, ctx: ApplyContext
+) -> Params:
     """`channel_order` int64 [B, 3]: with probability p a uniform permutation (argsort of 3 uniforms), else (0, 1, 2)."""
     applied = sample_coin(batch_size, cfg, generator)
     order = torch.rand((batch_size, 3), generator=generator, device=generator.device).argsort(dim=1)

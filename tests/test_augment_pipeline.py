@@ -17,6 +17,7 @@ import torchvision.transforms.v2.functional as TF
 
 from hicl.augment import Pipeline, identity_params, param_vector_dim, param_vectors
 from hicl.augment import ops as A
+from hicl.augment.op import OPS, op_names
 from hicl.manifest import AugmentConfig, BlurConfig, ColorJitterConfig, CropConfig, FlipConfig, RotationConfig
 
 # the ops of the paper's pipelines, which `_tv_views` reproduces with torchvision
@@ -150,10 +151,15 @@ def test_blur_sigma_range_and_rate() -> None:
 
 # --------------------------------------------------------------------------------------- the pipeline
 def test_params_have_every_key_shape_and_dtype_whatever_the_ops() -> None:
+    """The keys of every registered op (each as its ParamSpec says); the paper's ops' keys as they always were."""
     images = _uint8_batch(5, 20, 24)
-    for ops in ([], ["flip"], list(OP_NAMES)):
+    specs = {spec.key: spec for op in OPS.values() for spec in op.params}
+    every_op = [op for op in op_names() if op in AugmentConfig.model_fields]
+    for ops in ([], ["flip"], list(OP_NAMES), every_op):
         _, params = Pipeline(ops, AugmentConfig(), 16)(images, _gen())
-        assert set(params) == set(PARAM_KEYS)
+        assert set(params) == set(specs) and set(PARAM_KEYS) <= set(params)
+        for key, spec in specs.items():
+            assert params[key].dtype == getattr(torch, spec.dtype) and params[key].shape == (5, *spec.shape), key
         for key, (dtype, tail) in PARAM_KEYS.items():
             assert params[key].dtype == dtype and params[key].shape == (5, *tail), key
 

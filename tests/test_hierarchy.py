@@ -102,7 +102,7 @@ def test_stage_augmenter_draws_exactly_the_ops_of_each_stage(add_one_params):
         {"crop", "color_jitter", "grayscale", "blur", "flip"},
     ]
     for k, params in enumerate(add_one_params):
-        assert set(params) == ALL_PARAM_KEYS
+        assert ALL_PARAM_KEYS <= set(params)  # and the keys of the ops added since
         drawn = _drawn(params)
         # with 128 views per stage and p >= 0.2, an op of A_k that is never drawn has probability < 1e-12
         assert {op for op, d in drawn.items() if d} == expected[k], f"stage {k + 1}"

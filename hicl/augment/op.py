@@ -57,7 +57,7 @@ class ProbeVariant:
 
 @dataclass(frozen=True)
 class ApplyContext:
-    """What an applier may need beyond its own config and params: the square view's side."""
+    """What a sampler or applier may need beyond its own config and params: the square view's side."""
 
     view_size: int
 
@@ -69,8 +69,9 @@ class Op:
     - `config`, `default`: the pydantic section `augment.<name>` and its default (the paper's values);
     - `order`: canonical position; a pipeline draws and applies its ops by increasing order;
     - `params`: the parameter tensors `sample` returns (and their identity, for ops not applied);
-    - `sample(batch_size, image_hw, cfg, generator) -> params`: one draw per sample on the generator's
-      device, always consuming the same random numbers for a batch size;
+    - `sample(batch_size, image_hw, cfg, generator, ctx) -> params`: one draw per sample on the generator's
+      device, always consuming the same random numbers for a batch size (`image_hw`: the source images'
+      size, one for the batch or int64 [B, 2]; `ctx.view_size`: the view's, for ops applied after the crop);
     - `apply(images, params, cfg, ctx) -> images`: float [B, 3, H, W] in [0, 1], batched, a new tensor;
     - `encode(params, cfg, image_hw, encoding) -> float [B, dim]`: the expanded-view vector;
     - `weaken(cfg, levels) -> cfg`: the `strength` hierarchy's config `levels` steps weaker;
@@ -82,7 +83,7 @@ class Op:
     config: type[Section]
     default: Section
     params: tuple[ParamSpec, ...]
-    sample: Callable[[int, ImageSizes, Any, torch.Generator], Params]
+    sample: Callable[[int, ImageSizes, Any, torch.Generator, ApplyContext], Params]
     apply: Callable[[Tensor, Params, Any, ApplyContext], Tensor]
     encode: Callable[[Params, Any, ImageSizes, Encoding], Tensor]
     dim: int

@@ -73,7 +73,7 @@ class Pipeline:
         """All parameters for a batch, drawn with `generator` on its device (identity for ops not in the pipeline)."""
         params = identity_params(batch_size, image_hw, generator.device)
         for op in self._records:
-            params.update(op.sample(batch_size, image_hw, getattr(self.cfg, op.name), generator))
+            params.update(op.sample(batch_size, image_hw, getattr(self.cfg, op.name), generator, self._context))
         return params
 
     def apply(self, images: Tensor, params: Params, padded: bool = False) -> Tensor:

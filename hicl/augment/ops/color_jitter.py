@@ -180,7 +180,7 @@ def apply_color_jitter(images: Tensor, factors: Tensor, order: Tensor, applied: 
     return apply_where(images, [(applied, jitter)])
 
 
-def _sample(n: int, image_hw: object, cfg: ColorJitterConfig, generator: torch.Generator) -> Params:
+def _sample(n: int, image_hw: object, cfg: ColorJitterConfig, generator: torch.Generator, ctx: object) -> Params:
     factors, order, applied = sample_color_jitter(n, cfg, generator)
     return {"color_factors": factors, "color_order": order, "color_applied": applied}
 
