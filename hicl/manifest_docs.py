@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from hicl.manifest import Manifest, manifest_model
+from hicl.manifest import Manifest
 
 HEADER = """# The run manifest
 
@@ -101,9 +101,9 @@ def _rows(model: type[BaseModel], prefix: str, tables: list[Table], defaults: Ba
 
 
 def manifest_markdown(model: type[Manifest] | None = None) -> str:
-    """The key reference of `model` (default: the manifest of the ops registered now)."""
+    """The key reference of `model` (default: the manifest of hicl's own ops, as docs/manifest.md has it)."""
     tables: list[Table] = []
-    main = _rows(model or manifest_model(), "", tables)
+    main = _rows(model or Manifest, "", tables)
     head = "| key | default | meaning |\n| --- | --- | --- |\n"
     parts = [HEADER, "## Keys\n", head + "\n".join(main) + "\n"]
     for title, intro, rows in tables:
