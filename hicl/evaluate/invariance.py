@@ -6,7 +6,8 @@ normalised as for training) and the view v_i = a(x_i; p_i) with only op a applie
 strength the manifest sets (crop scale/ratio, colour factor ranges, blur sigma range, solarize
 threshold). Crop, colour jitter (all four factors, or one with the others' ranges set to 0) and blur
 are always applied; flip, grayscale and solarize with probability 1/2, rotation with k ~ U{0, 1, 2, 3},
-so that predicting them is a balanced problem.
+so that predicting them is a balanced problem. Each op module says how it is probed (`Op.probes`:
+`hicl.augment.op.ProbeVariant`), so the ops beyond these and plugins' ops get their rows the same way.
 
 Invariance (Mahalanobis-normalised cosine, Ericsson et al. 2021). With F the clean features of the N
 images at a stage, mu their mean, S their covariance shrunk towards a scaled identity,
