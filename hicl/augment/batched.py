@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from hicl.augment.op import Params, ProbeVariant
+from hicl.augment.op import ProbeVariant
 from hicl.lazy import lazy_import
 
 if TYPE_CHECKING:
