@@ -324,7 +324,7 @@ def schema(
     from hicl.registry import import_plugins
 
     import_plugins(plugins or [], "--plugin")
-    model = manifest_model()
+    model = manifest_model(plugins or [])
     typer.echo(manifest_markdown(model) if markdown else json.dumps(model.model_json_schema(), indent=2), nl=not markdown)
 
 

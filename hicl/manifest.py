@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -176,13 +176,22 @@ def _module_name(name: str) -> str:
     return name
 
 
+def _with_sections(ops: list[str], sections: Iterable[str]) -> list[str]:
+    """Ops another module registered in this process, but no plugin of this manifest, are not its ops."""
+    foreign = [op for op in ops if op not in sections]
+    if foreign:
+        raise ValueError(f"augmentation op {foreign[0]!r} is registered by a module that augment.plugins does not name")
+    return ops
+
+
 class AugmentRules(Section):
     """The behaviour of the `augment` section; its fields come from the op registry (`augment_config_class`)."""
 
     @field_validator("ops", check_fields=False)
     @classmethod
     def _known_ops(cls, ops: list[str]) -> list[str]:
-        return check_op_names(ops)
+        check_op_names(ops)
+        return _with_sections(ops, cls.model_fields)
 
     @model_validator(mode="after")
     def _views(self) -> AugmentRules:
@@ -358,6 +367,15 @@ class Manifest(Section):
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")
+    def _hierarchy_ops_have_sections(self) -> Manifest:
+        named = [op for group in self.hierarchy.groups for op in group] + list(self.hierarchy.embeddings.ops)
+        try:
+            _with_sections(named, type(self.augment).model_fields)
+        except ValueError as exc:
+            raise ValueError(f"hierarchy: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
     def _blur_fits_view(self) -> Manifest:
         kernel = self.augment.blur.kernel_size
         if kernel is not None and kernel > self.view_size:
@@ -454,9 +472,19 @@ def _manifest_with(plugin_ops: tuple[str, ...]) -> type[Manifest]:
     return create_model("Manifest", __base__=Manifest, __module__=__name__, augment=(augment, augment()))
 
 
-def manifest_model() -> type[Manifest]:
-    """The manifest class for the ops registered now: `Manifest`, extended by the sections of plugins' ops."""
-    plugin_ops = tuple(name for name in op_names() if name not in AugmentConfig.model_fields)
+def _from_plugin(op: Op, plugins: Sequence[str]) -> bool:
+    """Whether one of these (imported) plugin modules, or a module inside one, defines the op's config."""
+    module = op.config.__module__
+    return any(module == name or module.startswith(name + ".") for name in plugins)
+
+
+def manifest_model(plugins: Sequence[str] = ()) -> type[Manifest]:
+    """The manifest class of a manifest naming these plugin modules: `Manifest`, extended by the sections
+    of the ops they register (an op belongs to the module that defines its config). Ops that other
+    modules registered in this process stay out, so a manifest's meaning never depends on them."""
+    plugin_ops = tuple(
+        name for name in op_names() if name not in AugmentConfig.model_fields and _from_plugin(OPS[name], plugins)
+    )
     return _manifest_with(plugin_ops) if plugin_ops else Manifest
 
 
@@ -478,9 +506,10 @@ def manifest_from_dict(raw: dict[str, Any], source: str = "manifest") -> Manifes
 
     The modules of `augment.plugins` are imported first, so that the ops they register validate."""
     _check_plain(raw, source)
-    import_plugins(plugin_modules(raw), f"{source}: augment.plugins")
+    plugins = plugin_modules(raw)
+    import_plugins(plugins, f"{source}: augment.plugins")
     try:
-        return manifest_model().model_validate_json(json.dumps(raw), strict=True)
+        return manifest_model(plugins).model_validate_json(json.dumps(raw), strict=True)
     except ValidationError as exc:
         raise HiclError(format_validation_error(exc, source)) from None
 

@@ -131,3 +131,13 @@ def test_importing_the_op_registry_does_not_run_torch():
         "assert 'torch._C' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_an_op_registered_in_the_process_is_not_an_op_of_a_manifest_without_its_plugin(tmp_path):
+    import_plugins([PLUGIN], "test")
+    plain = manifest_from_dict({"name": "x"})
+    assert "channel_shuffle" not in type(plain.augment).model_fields  # the resolved manifest keeps its meaning
+    for raw, where in (({"augment": {"ops": ["crop", "channel_shuffle"]}}, "augment.ops"),
+                       ({"hierarchy": {"groups": [["crop"], ["channel_shuffle"]]}}, "hierarchy")):
+        with pytest.raises(HiclError, match=f"{where}.*'channel_shuffle' is registered by a module that augment.plugins"):
+            manifest_from_dict({"name": "x", **raw})
