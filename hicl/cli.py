@@ -306,22 +306,32 @@ def probe_invariance(
 @app.command()
 @user_errors
 def validate(manifest: ManifestArg, set_: Overrides = None) -> None:
-    """Validate a manifest and print it resolved (defaults filled, overrides applied)."""
-    from hicl.manifest import dump_manifest, load_manifest
+    """Validate a manifest and print it resolved (defaults filled, overrides applied), after a comment
+    naming the plugin modules it imports."""
+    from hicl.manifest import dump_manifest, load_manifest, plugin_records
 
-    typer.echo(dump_manifest(load_manifest(manifest, set_)), nl=False)
+    resolved = load_manifest(manifest, set_)
+    for record in plugin_records(resolved):
+        typer.echo("# imports plugin " + " ".join(f"{key}={value}" for key, value in record.items()))
+    typer.echo(dump_manifest(resolved), nl=False)
 
 
 @app.command()
 @user_errors
 def schema(
     markdown: Annotated[bool, typer.Option(help="Print the key reference (docs/manifest.md) instead.")] = False,
+    plugins: Annotated[
+        list[str] | None, typer.Option("--plugin", help="A module that registers more ops, as augment.plugins (repeatable).")
+    ] = None,
 ) -> None:
     """Print the JSON schema of a run manifest."""
-    from hicl.manifest import Manifest
+    from hicl.manifest import manifest_model
     from hicl.manifest_docs import manifest_markdown
+    from hicl.registry import import_plugins
 
-    typer.echo(manifest_markdown() if markdown else json.dumps(Manifest.model_json_schema(), indent=2), nl=not markdown)
+    import_plugins(plugins or [], "--plugin")
+    model = manifest_model(plugins or [])
+    typer.echo(manifest_markdown(model) if markdown else json.dumps(model.model_json_schema(), indent=2), nl=not markdown)
 
 
 # Typer 0.12-0.2x raise click's exceptions; later releases raise those of the click copy they vendor.

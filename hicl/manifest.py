@@ -11,24 +11,32 @@ from __future__ import annotations
 
 import difflib
 import json
+import sys
+from collections.abc import Iterable, Sequence
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, create_model, field_validator, model_validator
 
-from hicl.config import MAX_BATCH, MAX_EPOCHS, MAX_SIZE, MAX_WIDTH, PositiveInt, Probability, Section
+from hicl.augment.op import OPS, Op, check_op_names, op_names
+from hicl.augment.ops import (  # importing the package registers the built-in ops; the configs are re-exported
+    BlurConfig, ColorJitterConfig, CropConfig, FlipConfig, GrayscaleConfig, RotationConfig, SolarizeConfig,
+)
+from hicl.config import MAX_BATCH, MAX_EPOCHS, MAX_SIZE, MAX_WIDTH, PositiveInt, Section
 from hicl.data import SOURCES, DataConfig
 from hicl.data.synthetic import SyntheticSource
 from hicl.errors import HiclError
 from hicl.methods.configs import METHOD_CONFIGS, default_method_config, method_config_union
+from hicl.registry import MODULE_NAME, import_plugins, module_record
 from hicl.safe_yaml import read_yaml_file, read_yaml_text
 from hicl.timm_names import is_timm_model, timm_model_names
 
-# Canonical application order of the augmentation ops; a pipeline applies the ops it has in this order.
-OP_NAMES: tuple[str, ...] = ("crop", "flip", "rotation", "color_jitter", "grayscale", "blur", "solarize")
-
-
+__all__ = [
+    "AugmentConfig", "BlurConfig", "ColorJitterConfig", "CropConfig", "FlipConfig", "GrayscaleConfig", "Manifest",
+    "RotationConfig", "SolarizeConfig", "load_manifest", "manifest_from_dict", "manifest_model",
+]
 
 def _safe_name(name: str) -> str:
     """A single path component that cannot climb out of, or stand for, its parent directory."""
@@ -44,21 +52,6 @@ def _safe_dir(path: Path) -> Path:
 
 
 SafeName = Annotated[str, AfterValidator(_safe_name)]
-
-
-def _check_ops(ops: list[str]) -> list[str]:
-    unknown = [op for op in ops if op not in OP_NAMES]
-    if unknown:
-        raise ValueError(f"unknown augmentation op {unknown[0]!r}; expected one of {', '.join(OP_NAMES)}")
-    if len(set(ops)) != len(ops):
-        raise ValueError("an augmentation op is listed twice")
-    return ops
-
-
-def _check_range(bounds: tuple[float, float]) -> tuple[float, float]:
-    if bounds[0] > bounds[1]:
-        raise ValueError(f"min {bounds[0]} is greater than max {bounds[1]}")
-    return bounds
 
 
 # ------------------------------------------------------------------------------------------- backbone
@@ -115,7 +108,7 @@ class EmbeddingConfig(Section):
         "normalized = (f - 1) / range, h / hue, identity 0",
     )
 
-    _ops = field_validator("ops")(classmethod(lambda cls, v: _check_ops(v)))
+    _ops = field_validator("ops")(classmethod(lambda cls, v: check_op_names(v)))
 
 
 class HierarchyConfig(Section):
@@ -143,7 +136,7 @@ class HierarchyConfig(Section):
     def _groups(cls, groups: list[list[str]]) -> list[list[str]]:
         if not groups or any(not g for g in groups):
             raise ValueError("groups must be a non-empty list of non-empty op lists")
-        _check_ops([op for g in groups for op in g])
+        check_op_names([op for g in groups for op in g])
         return groups
 
     @property
@@ -168,50 +161,7 @@ class HierarchyConfig(Section):
 
 
 # -------------------------------------------------------------------------------------------- augment
-class CropConfig(Section):
-    scale: tuple[Annotated[float, Field(gt=0.0, le=1.0)], Annotated[float, Field(gt=0.0, le=1.0)]] = (0.2, 1.0)
-    ratio: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]] = (3 / 4, 4 / 3)
-
-    _ranges = field_validator("scale", "ratio")(classmethod(lambda cls, v: _check_range(v)))
-
-
-class ColorJitterConfig(Section):
-    p: Probability = 0.8
-    brightness: Annotated[float, Field(ge=0.0)] = 0.4
-    contrast: Annotated[float, Field(ge=0.0)] = 0.4
-    saturation: Annotated[float, Field(ge=0.0)] = 0.4
-    hue: Annotated[float, Field(ge=0.0, le=0.5)] = 0.1
-    order: Literal["random", "fixed"] = Field(
-        "random", description="random: a per-sample permutation of the four ops; fixed: b, c, s, h"
-    )
-
-
-class ProbabilityConfig(Section):
-    p: Probability
-
-
-class BlurConfig(Section):
-    p: Probability = 0.5
-    sigma: tuple[Annotated[float, Field(gt=0.0)], Annotated[float, Field(gt=0.0)]] = (0.1, 2.0)
-    kernel_size: Annotated[int, Field(ge=3, le=MAX_SIZE)] | None = Field(
-        None, description="odd; default: 10% of the view size, made odd (SimCLR)"
-    )
-
-    _ranges = field_validator("sigma")(classmethod(lambda cls, v: _check_range(v)))
-
-    @field_validator("kernel_size")
-    @classmethod
-    def _odd(cls, k: int | None) -> int | None:
-        if k is not None and k % 2 == 0:
-            raise ValueError("kernel_size must be odd")
-        return k
-
-
-class SolarizeConfig(Section):
-    p: Probability = 0.2
-    threshold: Probability = 0.5
-
-
+# One section per registered op (`hicl.augment.op.OPS`), named after the op, in canonical order.
 class NormalizeConfig(Section):
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[
@@ -219,22 +169,90 @@ class NormalizeConfig(Section):
     ] = (0.229, 0.224, 0.225)
 
 
-class AugmentConfig(Section):
-    ops: list[str] = Field(
-        ["crop", "color_jitter", "grayscale", "blur", "flip"],
-        description="the full pipeline (last stage, or every stage when the hierarchy is off/uniform)",
-    )
-    output_size: Annotated[int, Field(ge=8, le=MAX_SIZE)] | None = Field(None, description="view size; default data.image_size")
-    crop: CropConfig = CropConfig()
-    flip: ProbabilityConfig = ProbabilityConfig(p=0.5)
-    rotation: ProbabilityConfig = ProbabilityConfig(p=0.5)
-    color_jitter: ColorJitterConfig = ColorJitterConfig()
-    grayscale: ProbabilityConfig = ProbabilityConfig(p=0.2)
-    blur: BlurConfig = BlurConfig()
-    solarize: SolarizeConfig = SolarizeConfig()
-    normalize: NormalizeConfig = NormalizeConfig()
+def _module_name(name: str) -> str:
+    if not MODULE_NAME.match(name):
+        raise ValueError("expected an importable Python module name (my_package.my_ops), not a path")
+    return name
 
-    _ops = field_validator("ops")(classmethod(lambda cls, v: _check_ops(v)))
+
+def _with_sections(ops: list[str], sections: Iterable[str]) -> list[str]:
+    """Ops another module registered in this process, but no plugin of this manifest, are not its ops."""
+    foreign = [op for op in ops if op not in sections]
+    if foreign:
+        raise ValueError(f"augmentation op {foreign[0]!r} is registered by a module that augment.plugins does not name")
+    return ops
+
+
+class AugmentRules(Section):
+    """The behaviour of the `augment` section; its fields come from the op registry (`augment_config_class`)."""
+
+    @field_validator("ops", check_fields=False)
+    @classmethod
+    def _known_ops(cls, ops: list[str]) -> list[str]:
+        check_op_names(ops)
+        return _with_sections(ops, cls.model_fields)
+
+    @model_validator(mode="after")
+    def _views(self) -> AugmentRules:
+        if len(self.views) not in (0, 2):
+            raise ValueError(f"views: expected two override maps (view 1, view 2), got {len(self.views)}")
+        for index, overrides in enumerate(self.views):
+            for op, override in overrides.items():
+                if op not in self.ops:
+                    raise ValueError(
+                        f"views.{index}.{op}: not an op of the pipeline (augment.ops: {', '.join(self.ops)})"
+                    )
+                self._overridden(op, override, f"views.{index}.{op}")
+        return self
+
+    def _overridden(self, op: str, override: dict[str, Any], where: str) -> Section:
+        """The op's shared settings with a view's override, validated as strictly as the manifest."""
+        shared = getattr(self, op)
+        merged = {**shared.model_dump(mode="json"), **override}
+        try:
+            return type(shared).model_validate_json(json.dumps(merged), strict=True)
+        except ValidationError as exc:
+            raise ValueError(format_validation_error(exc, where)) from None
+
+    def view(self, index: int) -> AugmentRules:
+        """The settings of view `index` (0 or 1): the shared ones with that view's overrides."""
+        if not self.views:
+            return self
+        overrides = self.views[index]
+        return self.model_copy(update={op: self._overridden(op, o, f"views.{index}.{op}") for op, o in overrides.items()})
+
+
+def _op_fields(ops: Iterable[Op]) -> dict[str, Any]:
+    return {op.name: (op.config, op.default) for op in sorted(ops, key=lambda op: op.order)}
+
+
+def augment_config_class(ops: Iterable[Op]) -> type[AugmentRules]:
+    """The `augment` section for these ops: the pipeline, one section per op, normalisation, plugins, views."""
+    return create_model(
+        "AugmentConfig",
+        __base__=AugmentRules,
+        __module__=__name__,
+        ops=(list[str], Field(
+            ["crop", "color_jitter", "grayscale", "blur", "flip"],
+            description="the full pipeline (last stage, or every stage when the hierarchy is off/uniform)",
+        )),
+        output_size=(
+            Annotated[int, Field(ge=8, le=MAX_SIZE)] | None, Field(None, description="view size; default data.image_size")
+        ),
+        **_op_fields(ops),
+        normalize=(NormalizeConfig, NormalizeConfig()),
+        plugins=(list[Annotated[str, AfterValidator(_module_name)]], Field(
+            [], description="Python modules that register more ops (hicl.augment.op.register_op), imported before "
+            "the manifest is validated",
+        )),
+        views=(list[dict[str, dict[str, Any]]], Field(
+            [], description="per-view recipes: two maps op -> settings that override the shared ones for view 1 "
+            "and view 2, e.g. [{blur: {p: 1.0}}, {blur: {p: 0.1}}]; empty: both views share the settings",
+        )),
+    )
+
+
+AugmentConfig = augment_config_class(OPS.values())
 
 
 # ------------------------------------------------------------------------------------ optim, schedule
@@ -349,6 +367,15 @@ class Manifest(Section):
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")
+    def _hierarchy_ops_have_sections(self) -> Manifest:
+        named = [op for group in self.hierarchy.groups for op in group] + list(self.hierarchy.embeddings.ops)
+        try:
+            _with_sections(named, type(self.augment).model_fields)
+        except ValueError as exc:
+            raise ValueError(f"hierarchy: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
     def _blur_fits_view(self) -> Manifest:
         kernel = self.augment.blur.kernel_size
         if kernel is not None and kernel > self.view_size:
@@ -460,12 +487,52 @@ def _check_plain(value: Any, source: str, where: str = "") -> None:
         )
 
 
+@cache
+def _manifest_with(plugin_ops: tuple[str, ...]) -> type[Manifest]:
+    augment = create_model(
+        "AugmentConfig", __base__=AugmentConfig, __module__=__name__, **_op_fields(OPS[name] for name in plugin_ops)
+    )
+    return create_model("Manifest", __base__=Manifest, __module__=__name__, augment=(augment, augment()))
+
+
+def _from_plugin(op: Op, plugins: Sequence[str]) -> bool:
+    """Whether one of these (imported) plugin modules, or a module inside one, defines the op's config."""
+    module = op.config.__module__
+    return any(module == name or module.startswith(name + ".") for name in plugins)
+
+
+def manifest_model(plugins: Sequence[str] = ()) -> type[Manifest]:
+    """The manifest class of a manifest naming these plugin modules: `Manifest`, extended by the sections
+    of the ops they register (an op belongs to the module that defines its config). Ops that other
+    modules registered in this process stay out, so a manifest's meaning never depends on them."""
+    plugin_ops = tuple(
+        name for name in op_names() if name not in AugmentConfig.model_fields and _from_plugin(OPS[name], plugins)
+    )
+    return _manifest_with(plugin_ops) if plugin_ops else Manifest
+
+
+def plugin_modules(raw: dict[str, Any]) -> list[str]:
+    """`augment.plugins` of a raw manifest (anything malformed is left for validation to report)."""
+    augment = raw.get("augment")
+    plugins = augment.get("plugins", []) if isinstance(augment, dict) else []
+    return [p for p in plugins if isinstance(p, str)] if isinstance(plugins, list) else []
+
+
+def plugin_records(manifest: Manifest) -> list[dict[str, str]]:
+    """Each plugin module of the manifest (imported when it was validated) with its version or file hash."""
+    return [module_record(sys.modules[name]) for name in manifest.augment.plugins]
+
+
 def manifest_from_dict(raw: dict[str, Any], source: str = "manifest") -> Manifest:
     """Validate user input strictly: JSON mode with `strict=True` takes YAML lists for tuples and
-    strings for paths, but never a bool or a string where a number belongs (`true` is not 1)."""
+    strings for paths, but never a bool or a string where a number belongs (`true` is not 1).
+
+    The modules of `augment.plugins` are imported first, so that the ops they register validate."""
     _check_plain(raw, source)
+    plugins = plugin_modules(raw)
+    import_plugins(plugins, f"{source}: augment.plugins")
     try:
-        return Manifest.model_validate_json(json.dumps(raw), strict=True)
+        return manifest_model(plugins).model_validate_json(json.dumps(raw), strict=True)
     except ValidationError as exc:
         raise HiclError(format_validation_error(exc, source)) from None
 

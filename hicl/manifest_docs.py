@@ -100,9 +100,10 @@ def _rows(model: type[BaseModel], prefix: str, tables: list[Table], defaults: Ba
     return rows
 
 
-def manifest_markdown() -> str:
+def manifest_markdown(model: type[Manifest] | None = None) -> str:
+    """The key reference of `model` (default: the manifest of hicl's own ops, as docs/manifest.md has it)."""
     tables: list[Table] = []
-    main = _rows(Manifest, "", tables)
+    main = _rows(model or Manifest, "", tables)
     head = "| key | default | meaning |\n| --- | --- | --- |\n"
     parts = [HEADER, "## Keys\n", head + "\n".join(main) + "\n"]
     for title, intro, rows in tables:

@@ -29,7 +29,7 @@ import hicl
 from hicl.collectives import world_size
 from hicl.errors import HiclError
 from hicl.lock import LOCK_NAME, RunLock
-from hicl.manifest import Manifest, dump_manifest, load_manifest
+from hicl.manifest import Manifest, dump_manifest, load_manifest, plugin_records
 from hicl.train.checkpoint import checkpoint_progress, find_checkpoint
 
 # What hicl writes into a run directory; `--overwrite` removes exactly these (the lock stays: it is held).
@@ -130,6 +130,7 @@ class RunDir:
             "seed": manifest.seed,
             "command": sys.argv,
             "data": data,
+            "plugins": plugin_records(manifest),  # the modules that registered augmentation ops
         }
         self.env_path.write_text(json.dumps(record, indent=2) + "\n")
 

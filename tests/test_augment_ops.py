@@ -23,7 +23,7 @@ import torchvision.transforms as T1
 import torchvision.transforms.v2.functional as TF
 
 from hicl.augment import ops as A
-from hicl.manifest import BlurConfig, ColorJitterConfig, CropConfig, ProbabilityConfig, SolarizeConfig
+from hicl.manifest import BlurConfig, ColorJitterConfig, CropConfig, FlipConfig, GrayscaleConfig, RotationConfig, SolarizeConfig
 
 ATOL = 1e-5
 CROP_ATOL = 1e-4
@@ -113,7 +113,7 @@ def test_crop_boxes_lie_inside_the_image() -> None:
 # ---------------------------------------------------------------------------------- geometric flips
 def test_flip_matches_horizontal_flip() -> None:
     images = _images(16, 8, 10)
-    flip = A.sample_flip(16, ProbabilityConfig(p=0.5), _gen())
+    flip = A.sample_flip(16, FlipConfig(p=0.5), _gen())
     assert flip.any() and not flip.all()
     ref = [TF.horizontal_flip(images[i]) if flip[i] else images[i] for i in range(16)]
     _assert_per_sample(A.apply_flip(images, flip), ref, 0.0)
@@ -121,7 +121,7 @@ def test_flip_matches_horizontal_flip() -> None:
 
 def test_rotation_matches_rotate_by_quarter_turns() -> None:
     images = _images(32, 9, 9)
-    k = A.sample_rotation(32, ProbabilityConfig(p=0.9), _gen())
+    k = A.sample_rotation(32, RotationConfig(p=0.9), _gen())
     assert set(k.tolist()) == {0, 1, 2, 3}
     ref = [TF.rotate(images[i], 90.0 * int(k[i])) for i in range(32)]
     _assert_per_sample(A.apply_rotation(images, k), ref, 0.0)
@@ -179,7 +179,7 @@ def test_hsv_round_trip_matches_torchvision() -> None:
 # -------------------------------------------------------------------------------- grayscale, blur, solarize
 def test_grayscale_matches_rgb_to_grayscale() -> None:
     images = _images(16, 8, 10)
-    gray = A.sample_grayscale(16, ProbabilityConfig(p=0.5), _gen())
+    gray = A.sample_grayscale(16, GrayscaleConfig(p=0.5), _gen())
     assert gray.any() and not gray.all()
     ref = [TF.rgb_to_grayscale(images[i], num_output_channels=3) if gray[i] else images[i] for i in range(16)]
     _assert_per_sample(A.apply_grayscale(images, gray), ref, ATOL)

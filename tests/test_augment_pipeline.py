@@ -17,7 +17,11 @@ import torchvision.transforms.v2.functional as TF
 
 from hicl.augment import Pipeline, identity_params, param_vector_dim, param_vectors
 from hicl.augment import ops as A
-from hicl.manifest import OP_NAMES, AugmentConfig, BlurConfig, ColorJitterConfig, CropConfig, ProbabilityConfig
+from hicl.augment.op import OPS, op_names
+from hicl.manifest import AugmentConfig, BlurConfig, ColorJitterConfig, CropConfig, FlipConfig, RotationConfig
+
+# the ops of the paper's pipelines, which `_tv_views` reproduces with torchvision
+OP_NAMES = ("crop", "flip", "rotation", "color_jitter", "grayscale", "blur", "solarize")
 
 N = 20_000
 PARAM_KEYS = {
@@ -94,11 +98,11 @@ def test_crop_box_statistics_match_torchvision_get_params() -> None:
 
 def test_coin_flip_rates() -> None:
     for p in (0.0, 0.2, 0.5, 1.0):
-        _assert_rate(A.sample_flip(N, ProbabilityConfig(p=p), _gen()), p)
+        _assert_rate(A.sample_flip(N, FlipConfig(p=p), _gen()), p)
 
 
 def test_rotation_k_distribution() -> None:
-    k = A.sample_rotation(N, ProbabilityConfig(p=0.5), _gen())
+    k = A.sample_rotation(N, RotationConfig(p=0.5), _gen())
     # k = 0 when not applied (1/2) or when applied and drawn 0 (1/2 * 1/4)
     for value, p in ((0, 0.625), (1, 0.125), (2, 0.125), (3, 0.125)):
         _assert_rate(k == value, p)
@@ -147,10 +151,15 @@ def test_blur_sigma_range_and_rate() -> None:
 
 # --------------------------------------------------------------------------------------- the pipeline
 def test_params_have_every_key_shape_and_dtype_whatever_the_ops() -> None:
+    """The keys of every registered op (each as its ParamSpec says); the paper's ops' keys as they always were."""
     images = _uint8_batch(5, 20, 24)
-    for ops in ([], ["flip"], list(OP_NAMES)):
+    specs = {spec.key: spec for op in OPS.values() for spec in op.params}
+    every_op = [op for op in op_names() if op in AugmentConfig.model_fields]
+    for ops in ([], ["flip"], list(OP_NAMES), every_op):
         _, params = Pipeline(ops, AugmentConfig(), 16)(images, _gen())
-        assert set(params) == set(PARAM_KEYS)
+        assert set(params) == set(specs) and set(PARAM_KEYS) <= set(params)
+        for key, spec in specs.items():
+            assert params[key].dtype == getattr(torch, spec.dtype) and params[key].shape == (5, *spec.shape), key
         for key, (dtype, tail) in PARAM_KEYS.items():
             assert params[key].dtype == dtype and params[key].shape == (5, *tail), key
 
@@ -205,7 +214,7 @@ def _tv_views(images: torch.Tensor, params: dict[str, torch.Tensor], cfg: Augmen
 
 
 def test_full_pipeline_matches_torchvision_per_sample() -> None:
-    cfg = AugmentConfig(rotation=ProbabilityConfig(p=0.8), solarize={"p": 0.5})
+    cfg = AugmentConfig(rotation=RotationConfig(p=0.8), solarize={"p": 0.5})
     images = _uint8_batch(24, 30, 36)
     views, params = Pipeline(list(OP_NAMES), cfg, 16)(images, _gen(5))
     for key in ("flip", "color_applied", "grayscale", "solarize"):
@@ -243,8 +252,14 @@ def test_bfloat16_output() -> None:
 
 @pytest.mark.parametrize(("view_size", "kernel"), [(32, 3), (224, 23)])
 def test_default_blur_kernel(view_size: int, kernel: int) -> None:
-    assert Pipeline(["blur"], AugmentConfig(), view_size).blur_kernel_size == kernel
-    assert Pipeline(["blur"], AugmentConfig(blur={"kernel_size": 5}), view_size).blur_kernel_size == 5
+    """The pipeline blurs with 10% of the view (made odd) unless blur.kernel_size says otherwise."""
+    images = _uint8_batch(2, view_size, view_size)
+    x = images.float() / 255
+    for cfg, k in ((AugmentConfig(blur={"p": 1.0}), kernel), (AugmentConfig(blur={"p": 1.0, "kernel_size": 5}), 5)):
+        pipeline = Pipeline(["blur"], cfg, view_size)
+        views, params = pipeline(images, _gen())
+        expected = A.normalize(A.apply_blur(x, params["blur_sigma"], k), cfg.normalize.mean, cfg.normalize.std, torch.float32)
+        torch.testing.assert_close(views, expected)
 
 
 def test_rejects_unknown_ops_and_non_uint8_input() -> None:

@@ -16,16 +16,20 @@ from safetensors.torch import load_file
 
 from hicl.augment.hierarchy import StageAugmenter
 from hicl.augment.pipeline import Pipeline, param_vectors
-from hicl.manifest import OP_NAMES, AugmentConfig, HierarchyConfig
+from hicl.manifest import AugmentConfig, HierarchyConfig
 
 RECORDED = load_file(Path(__file__).parent / "data" / "augment_before_registry.safetensors")
+RECORDED_OPS = ["crop", "flip", "rotation", "color_jitter", "grayscale", "blur", "solarize"]  # canonical order
 ALL_OPS = ["crop", "color_jitter", "grayscale", "blur", "flip", "rotation", "solarize"]
 EMBEDDED = ["color_jitter", "crop", "blur", "rotation", "flip"]
 
 
 def _same(prefix: str, produced: dict[str, torch.Tensor]) -> None:
-    for key, value in produced.items():
-        expected = RECORDED[f"{prefix}.{key}"]
+    """Every recorded tensor of `prefix` equals the produced one (ops added since have keys of their own)."""
+    recorded = {key.removeprefix(f"{prefix}."): value for key, value in RECORDED.items() if key.startswith(f"{prefix}.")}
+    assert recorded, prefix
+    for key, expected in recorded.items():
+        value = produced[key]
         assert value.dtype == expected.dtype, key
         if value.is_floating_point():
             torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-5, msg=key)
@@ -36,10 +40,10 @@ def _same(prefix: str, produced: dict[str, torch.Tensor]) -> None:
 @pytest.mark.parametrize("case", ["full", "padded"])
 def test_pipeline_matches_the_recorded_views_params_and_vectors(case: str) -> None:
     sizes = RECORDED["sizes"] if case == "padded" else None
-    cfg = AugmentConfig(ops=list(OP_NAMES))
-    views, params = Pipeline(list(OP_NAMES), cfg, 16)(RECORDED["images"], torch.Generator().manual_seed(3), sizes)
+    cfg = AugmentConfig(ops=RECORDED_OPS)
+    views, params = Pipeline(RECORDED_OPS, cfg, 16)(RECORDED["images"], torch.Generator().manual_seed(3), sizes)
     hw = (20, 24) if sizes is None else sizes
-    vectors = {f"vec.{enc}": param_vectors(params, list(OP_NAMES), cfg, hw, enc) for enc in ("reference", "normalized")}
+    vectors = {f"vec.{enc}": param_vectors(params, RECORDED_OPS, cfg, hw, enc) for enc in ("reference", "normalized")}
     _same(f"pipeline.{case}", {"views": views, **params, **vectors})
 
 

@@ -4,9 +4,12 @@
   (paper: A_1 = {crop, color_jitter}, A_2 = A_1 + {grayscale}, A_3 = A_2 + {blur}, A_4 = A_3 + {flip}).
 - `uniform`: every stage gets the full pipeline (`augment.ops`).
 - `strength`: every stage gets every op of the full pipeline, weaker for shallower stages: per level
-  below the last, flip/grayscale/blur/rotation/solarize probabilities -0.05, colour factors -0.02,
-  crop min-scale +0.1.
+  below the last, each op's own rule (`Op.weaken`: probabilities -0.05, colour factors -0.02, crop
+  min-scale +0.1, ...).
 - `off`: one stage (the last) with the full pipeline: the plain base method.
+
+With per-view recipes (`augment.views`) each stage's view 1 and view 2 follow their own view's
+settings, weakened by the same rule in the `strength` mode.
 """
 
 from __future__ import annotations
@@ -15,54 +18,29 @@ from dataclasses import dataclass
 
 import torch
 
+from hicl.augment.op import OPS, canonical
 from hicl.augment.pipeline import Pipeline, param_vector_dim, param_vectors
-from hicl.manifest import OP_NAMES, AugmentConfig, HierarchyConfig
-
-PROBABILITY_STEP = 0.05
-COLOR_STEP = 0.02
-CROP_SCALE_STEP = 0.1
+from hicl.manifest import AugmentConfig, HierarchyConfig
 
 
 def stage_ops(hierarchy: HierarchyConfig, augment: AugmentConfig) -> list[list[str]]:
     """The op set of every stage, shallow to deep, each in canonical application order."""
     k = hierarchy.num_stages
     if hierarchy.mode == "add_one":
-        sets = [{op for group in hierarchy.groups[: i + 1] for op in group} for i in range(k)]
-        return [[op for op in OP_NAMES if op in chosen] for chosen in sets]
-    return [[op for op in OP_NAMES if op in augment.ops] for _ in range(k)]
+        return [canonical({op for group in hierarchy.groups[: i + 1] for op in group}) for i in range(k)]
+    return [canonical(augment.ops) for _ in range(k)]
 
 
 def weakened(augment: AugmentConfig, levels: int) -> AugmentConfig:
-    """`augment` made `levels` steps weaker (the `strength` schedule's rule)."""
+    """`augment` made `levels` steps weaker: every op's section by its own `strength` rule (`Op.weaken`)."""
     if levels == 0:
         return augment
-
-    def lower_p(p: float) -> float:
-        return max(0.0, p - PROBABILITY_STEP * levels)
-
-    def lower_factor(x: float) -> float:
-        return max(0.0, x - COLOR_STEP * levels)
-
-    cj = augment.color_jitter
-    low, high = augment.crop.scale
-    return augment.model_copy(
-        update={
-            "flip": augment.flip.model_copy(update={"p": lower_p(augment.flip.p)}),
-            "rotation": augment.rotation.model_copy(update={"p": lower_p(augment.rotation.p)}),
-            "grayscale": augment.grayscale.model_copy(update={"p": lower_p(augment.grayscale.p)}),
-            "blur": augment.blur.model_copy(update={"p": lower_p(augment.blur.p)}),
-            "solarize": augment.solarize.model_copy(update={"p": lower_p(augment.solarize.p)}),
-            "color_jitter": cj.model_copy(
-                update={
-                    name: lower_factor(getattr(cj, name)) for name in ("brightness", "contrast", "saturation", "hue")
-                }
-            ),
-            "crop": augment.crop.model_copy(update={"scale": (min(high, low + CROP_SCALE_STEP * levels), high)}),
-        }
-    )
+    sections = [op for op in OPS.values() if op.name in type(augment).model_fields]
+    return augment.model_copy(update={op.name: op.weaken(getattr(augment, op.name), levels) for op in sections})
 
 
 def stage_configs(hierarchy: HierarchyConfig, augment: AugmentConfig) -> list[AugmentConfig]:
+    """The settings of every stage, shallow to deep (weakened for shallow stages in the `strength` mode)."""
     k = hierarchy.num_stages
     if hierarchy.mode == "strength":
         return [weakened(augment, k - 1 - i) for i in range(k)]
@@ -99,9 +77,11 @@ class StageAugmenter:
     ):
         self.augment = augment
         self.stage_ops = stage_ops(hierarchy, augment)
+        per_view = [stage_configs(hierarchy, augment.view(index)) for index in (0, 1)]
+        # pipelines[k] = (view 1's, view 2's) pipeline of stage k
         self.pipelines = [
-            Pipeline(ops, cfg, view_size, out_dtype)
-            for ops, cfg in zip(self.stage_ops, stage_configs(hierarchy, augment))
+            (Pipeline(ops, cfg_a, view_size, out_dtype), Pipeline(ops, cfg_b, view_size, out_dtype))
+            for ops, cfg_a, cfg_b in zip(self.stage_ops, *per_view)
         ]
         self.embed_ops = list(hierarchy.embeddings.ops)
         self.embed_encoding = hierarchy.embeddings.encoding
@@ -117,9 +97,9 @@ class StageAugmenter:
         """Both views of every stage; `sizes` ([B, 2] true sizes of padded images) as in `Pipeline`."""
         hw = (images.shape[-2], images.shape[-1]) if sizes is None else sizes.repeat(2, 1)
         views, params, vectors = [], [], []
-        for stage, pipeline in enumerate(self.pipelines):
-            view_a, params_a = pipeline(images, generator, sizes)
-            view_b, params_b = pipeline(images, generator, sizes)
+        for stage, (pipeline_a, pipeline_b) in enumerate(self.pipelines):
+            view_a, params_a = pipeline_a(images, generator, sizes)
+            view_b, params_b = pipeline_b(images, generator, sizes)
             pair = {key: torch.cat([params_a[key], params_b[key]]) for key in params_a}
             views.append(torch.cat([view_a, view_b]))
             params.append(pair)

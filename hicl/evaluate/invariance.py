@@ -6,7 +6,8 @@ normalised as for training) and the view v_i = a(x_i; p_i) with only op a applie
 strength the manifest sets (crop scale/ratio, colour factor ranges, blur sigma range, solarize
 threshold). Crop, colour jitter (all four factors, or one with the others' ranges set to 0) and blur
 are always applied; flip, grayscale and solarize with probability 1/2, rotation with k ~ U{0, 1, 2, 3},
-so that predicting them is a balanced problem.
+so that predicting them is a balanced problem. Each op module says how it is probed (`Op.probes`:
+`hicl.augment.op.ProbeVariant`), so the ops beyond these and plugins' ops get their rows the same way.
 
 Invariance (Mahalanobis-normalised cosine, Ericsson et al. 2021). With F the clean features of the N
 images at a stage, mu their mean, S their covariance shrunk towards a scaled identity,
@@ -42,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hicl.augment import Params, Pipeline, identity_params
+from hicl.augment.op import OPS, ProbeVariant, op_names
 from hicl.manifest import AugmentConfig
 
 FeatureFn = Callable[[Tensor], dict[str, Tensor]]
@@ -50,76 +52,14 @@ FeatureFn = Callable[[Tensor], dict[str, Tensor]]
 SHRINKAGE = 0.1
 NUM_BINS = 10
 Z95 = 1.959964
-COLOR_FACTORS = ("brightness", "contrast", "saturation", "hue")
 # The predictability classifier (see `fit_softmax`).
 CLASSIFIER_STEPS = 300
 CLASSIFIER_WD = 1e-3
 
 
-@dataclass(frozen=True)
-class ProbeOp:
-    """How the probe draws one op's views and reads its targets back from the parameters."""
-
-    pipeline_op: str
-    configure: Callable[[AugmentConfig], AugmentConfig]
-    targets: Callable[[Params, tuple[int, int]], dict[str, Tensor]]  # float -> binned; int64 -> classes
-    changed: Callable[[Params], Tensor]  # bool [N]: pairs that count for invariance
-    strength: Callable[[AugmentConfig], float]  # 0 -> the op never changes an image: skipped
-
-
-def _with(cfg: AugmentConfig, section: str, **update: object) -> AugmentConfig:
-    return cfg.model_copy(update={section: getattr(cfg, section).model_copy(update=update)})
-
-
-def _always(params: Params) -> Tensor:
-    return torch.ones_like(params["flip"])
-
-
-def _color_op(only: str | None) -> ProbeOp:
-    factors = COLOR_FACTORS if only is None else (only,)
-
-    def configure(cfg: AugmentConfig) -> AugmentConfig:
-        ranges = {f: getattr(cfg.color_jitter, f) if f in factors else 0.0 for f in COLOR_FACTORS}
-        return _with(cfg, "color_jitter", p=1.0, **ranges)
-
-    def targets(params: Params, _: tuple[int, int]) -> dict[str, Tensor]:
-        return {f: params["color_factors"][:, COLOR_FACTORS.index(f)].float() for f in factors}
-
-    return ProbeOp(
-        "color_jitter", configure, targets, _always,
-        lambda cfg: sum(getattr(cfg.color_jitter, f) for f in factors),
-    )
-
-
-def _coin_op(op: str, key: str) -> ProbeOp:
-    return ProbeOp(
-        op, lambda cfg: _with(cfg, op, p=0.5), lambda params, _: {op: params[key].long()},
-        lambda params: params[key], lambda cfg: 1.0,
-    )
-
-
-def _crop_area(params: Params, image_hw: tuple[int, int]) -> dict[str, Tensor]:
-    box = params["crop_box"].float()
-    return {"crop": box[:, 2] * box[:, 3] / (image_hw[0] * image_hw[1])}
-
-
-PROBE_OPS: dict[str, ProbeOp] = {
-    "crop": ProbeOp("crop", lambda cfg: cfg, _crop_area, _always, lambda cfg: 1.0 - cfg.crop.scale[0]),
-    "flip": _coin_op("flip", "flip"),
-    "rotation": ProbeOp(
-        "rotation", lambda cfg: _with(cfg, "rotation", p=1.0), lambda params, _: {"rotation": params["rotation_k"]},
-        lambda params: params["rotation_k"] != 0, lambda cfg: 1.0,
-    ),
-    "color_jitter": _color_op(None),
-    **{f: _color_op(f) for f in COLOR_FACTORS},
-    "grayscale": _coin_op("grayscale", "grayscale"),
-    "blur": ProbeOp(
-        "blur", lambda cfg: _with(cfg, "blur", p=1.0), lambda params, _: {"blur": params["blur_sigma"]},
-        _always, lambda cfg: cfg.blur.sigma[1],
-    ),
-    "solarize": _coin_op("solarize", "solarize"),
-}
-PROBE_OP_NAMES: tuple[str, ...] = tuple(PROBE_OPS)
+def probe_ops() -> dict[str, tuple[str, ProbeVariant]]:
+    """Every probe variant of every registered op, in canonical op order: variant name -> (op, variant)."""
+    return {variant.name: (name, variant) for name in op_names() for variant in OPS[name].probes}
 
 
 @dataclass(frozen=True)
@@ -263,18 +203,22 @@ def probe_invariance(
     augment: AugmentConfig,
     view_size: int,
     stages: Sequence[str] | None = None,
-    ops: Sequence[str] = PROBE_OP_NAMES,
+    ops: Sequence[str] | None = None,
     seed: int = 0,
     batch_size: int = 256,
 ) -> ProbeResult:
     """Invariance and predictability of every stage x op on uint8 `images` [N, 3, H, W].
 
     `features` gets normalised float views on the images' device; `stages` picks some of its outputs
-    (default all). Everything random comes from generators seeded with `seed`.
+    (default all); `ops` some of `probe_ops()` (default all). Everything random comes from generators seeded
+    with `seed`.
     """
-    unknown = [op for op in ops if op not in PROBE_OPS]
+    # ops registered after `augment`'s class was made (another manifest's plugins) have no section in it
+    table = {k: v for k, v in probe_ops().items() if v[0] in type(augment).model_fields}
+    ops = list(table) if ops is None else list(ops)
+    unknown = [op for op in ops if op not in table]
     if unknown:
-        raise ValueError(f"unknown probe op {unknown[0]!r}; expected some of {', '.join(PROBE_OP_NAMES)}")
+        raise ValueError(f"unknown probe op {unknown[0]!r}; expected some of {', '.join(table)}")
     n, image_hw = len(images), (images.shape[-2], images.shape[-1])
     clean_params = identity_params(n, image_hw, images.device)
     plain = Pipeline([], augment, view_size)
@@ -293,20 +237,20 @@ def probe_invariance(
 
     cells, kept, skipped = [], [], []
     for index, op in enumerate(ops):
-        spec = PROBE_OPS[op]
-        cfg = spec.configure(augment)
-        if spec.strength(cfg) <= 0:
+        name, variant = table[op]
+        section = variant.configure(getattr(augment, name))
+        if variant.strength(section) <= 0:
             skipped.append(op)
             continue
         kept.append(op)
-        pipeline = Pipeline([spec.pipeline_op], cfg, view_size)
+        pipeline = Pipeline([name], augment.model_copy(update={name: section}), view_size)
         generator = torch.Generator().manual_seed(seed * 1000 + index + 1)
         params = {k: v.to(images.device) for k, v in pipeline.sample(n, image_hw, generator).items()}
         view = _features_of(features, lambda part: pipeline.apply(images[part], sliced(params, part)), n, batch_size)
         params = {k: v.cpu() for k, v in params.items()}
-        raw = spec.targets(params, image_hw)
+        raw = variant.targets(params, image_hw)
         labels = {h: quantile_bins(v) if v.is_floating_point() else v for h, v in raw.items()}
-        changed = spec.changed(params)
+        changed = variant.changed(params) if variant.changed else torch.ones(n, dtype=torch.bool)
         for s in stages:
             with single_thread():
                 cell = _cell(s, op, clean[s], view[s], whiten[s], unrelated[s], changed, labels, train, test)
