@@ -122,14 +122,14 @@ def test_the_probe_table_fits_80_columns_with_every_op_and_stage(images):
 
     from rich.console import Console
 
-    from hicl.evaluate.invariance import PROBE_OP_NAMES
+    from hicl.evaluate.invariance import probe_ops
     from hicl.evaluate.probe_report import ProbedTarget, render_difference, render_probe
 
     def five_stages(views):
         return {f"layer{k}": conv_features(views) * k for k in range(1, 6)}
 
     result = probe_invariance(five_stages, images[:64], AUGMENT, 16, seed=0)
-    assert result.ops == list(PROBE_OP_NAMES) and len(result.stages) == 5
+    assert result.ops == list(probe_ops()) and len(result.stages) == 5
     probed = ProbedTarget(SimpleNamespace(label="run"), result, {})
     console = Console(width=80, record=True)
     console.print(render_probe(probed))
