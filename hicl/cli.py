@@ -135,7 +135,7 @@ def pretrain(
     from hicl.lock import RunLock
     from hicl.manifest import load_manifest
     from hicl.runs import RunDir
-    from hicl.train.checkpoint import set_verification
+    from hicl.checkpoint import set_verification
     from hicl.train.dist import read_env
     from hicl.train.loop import pretrain as run_pretrain
     from hicl.train.signals import Stopped
@@ -191,7 +191,7 @@ def linear_eval_command(
     from hicl.evaluate.linear import linear_eval, render_linear_eval
     from hicl.lock import RunLock
     from hicl.runs import open_run
-    from hicl.train.checkpoint import set_verification
+    from hicl.checkpoint import set_verification
 
     set_verification(not no_verify)
     extra = [f"eval.stage={stage}"] * (stage is not None) + [f"eval.protocol={protocol}"] * (protocol is not None)
@@ -237,7 +237,7 @@ def export(
     from hicl.export.base import ExportOptions, exporter, human_size, run_export
     from hicl.lock import RunLock
     from hicl.runs import open_run
-    from hicl.train.checkpoint import set_verification
+    from hicl.checkpoint import set_verification
 
     exporter(format)  # an unknown format is named before anything is opened
     set_verification(not no_verify)
