@@ -169,11 +169,8 @@ def pretrain(
         raise typer.Exit(130) from None
     if read_env().rank != 0:  # rank 0 reports (and evaluates) for the whole torchrun job
         return
-    console.print(
-        f"pretrained {result.steps} steps in {result.wall_s:.0f} s ({result.images_per_s:.0f} img/s on average), "
-        f"final loss {result.final_loss:.4f} -> {result.run_dir}"
-    )
-    if resolved.eval.after_pretrain:
+    console.print(result.summary())
+    if resolved.eval.after_pretrain and not result.nothing_left:
         with RunLock(result.run_dir):
             Console().print(render_linear_eval(linear_eval(resolved, RunDir(result.run_dir), console)))
 

@@ -34,7 +34,7 @@ from hicl.manifest import Manifest
 from hicl.models.network import SSLModel, build_model
 from hicl.runs import RunDir, releases_run_locks
 from hicl.train.callbacks import (
-    TRAINING_PLOT, Callbacks, Checkpointing, KnnMonitor, ProgressBar, RunRecord, RunState, StopOnSignal,
+    TRAINING_PLOT, Callback, Callbacks, Checkpointing, KnnMonitor, ProgressBar, RunRecord, RunState, StopOnSignal,
 )
 from hicl.train.checkpoint import load_checkpoint, save_checkpoint
 from hicl.train.device import autocast, prepare_model, resolve_device, view_dtype
@@ -121,28 +121,30 @@ def pretrain(
     console: Console | None = None,
     show_progress: bool = True,
     init_from: Path | None = None,
+    callbacks: list[Callback] | None = None,
 ) -> PretrainResult:
-    """Train as the manifest says, in this process or, under torchrun, as one rank of the job."""
+    """Train as the manifest says, in this process or, under torchrun, as one rank of the job.
+    `callbacks` run on rank 0 after the built-in ones that log (see hicl.train.callbacks)."""
     if manifest.runtime.threads:
         torch.set_num_threads(manifest.runtime.threads)
     env, device = init_distributed(resolve_device(manifest.runtime))
     try:
         return _pretrain(manifest, env, device, resume, overwrite, console or Console(stderr=True), show_progress,
-                         init_from)
+                         init_from, callbacks or [])
     finally:
         shutdown()
 
 
 def _pretrain(
     manifest: Manifest, env: DistEnv, device: torch.device, resume: bool, overwrite: bool, console: Console,
-    show_progress: bool, init_from: Path | None,
+    show_progress: bool, init_from: Path | None, extra: list[Callback],
 ) -> PretrainResult:
     run = RunDir(manifest.run_dir)
     check_start(manifest, env, run, resume, overwrite)
     if resume and (finished := finished_run(manifest, run)) is not None:
         return finished
     trainer = setup(manifest, env, device, run, console, init_from)
-    callbacks = run_callbacks(trainer, show_progress)  # before the run directory appears: kNN splits load
+    callbacks = run_callbacks(trainer, show_progress, extra)  # before the run directory appears: kNN splits load
     trainer.start(resume, overwrite)
     run_epochs(trainer, callbacks)
     return trainer.result()
@@ -194,7 +196,7 @@ def setup(manifest: Manifest, env: DistEnv, device: torch.device, run: RunDir, c
     return Trainer(manifest, env, train, augmenter, model, optimizer, state)
 
 
-def run_callbacks(trainer: Trainer, show_progress: bool) -> Callbacks:
+def run_callbacks(trainer: Trainer, show_progress: bool, extra: list[Callback]) -> Callbacks:
     """The run's callbacks: rank 0 alone writes the run directory, draws progress and logs; every rank
     takes part in stop signals and checkpoints (they synchronise the ranks)."""
     manifest, main = trainer.manifest, trainer.env.rank == 0
@@ -203,7 +205,7 @@ def run_callbacks(trainer: Trainer, show_progress: bool) -> Callbacks:
         if manifest.runtime.knn_every:
             callbacks.append(KnnMonitor(manifest, trainer.model))
         callbacks.append(RunRecord(lambda: len(trainer.train.skipped), trainer.rewrite_env))
-        callbacks += logger_callbacks(manifest)
+        callbacks += logger_callbacks(manifest) + extra
     return Callbacks([*callbacks, StopOnSignal(trainer.env.distributed), Checkpointing(trainer.save)])
 
 
