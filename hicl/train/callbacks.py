@@ -12,7 +12,9 @@ The trainer (`hicl.train.loop`) calls every callback's hooks in list order:
 Every rank runs the callbacks it was given; those that write files or talk to a logger are given to
 rank 0 only (`hicl.train.loop.run_callbacks`), and those that synchronise ranks (stop signals,
 checkpoints) to every rank, in the same order. A callback asks the run to stop by setting
-`run.stop_signal`; the trainer stops after the hooks of that step or epoch have run.
+`run.stop_signal` (a signal number, as if it had been received): the stop-signal callback after it
+makes the ranks agree on it, the checkpoint callback saves, and the trainer stops after the hooks of that
+step (the epoch's last step: of its epoch end) have run.
 """
 
 from __future__ import annotations
@@ -213,9 +215,11 @@ class StopOnSignal(Callback):
         self.requested = self.stack.enter_context(stop_requests())
 
     def poll(self, run: RunState, check: bool) -> int | None:
+        """A signal received, or a stop an earlier callback asked for (`run.stop_signal`)."""
+        local = run.stop_signal or self.requested()
         if not self.distributed:
-            return self.requested()
-        return (max_over_ranks(self.requested() or 0, run.device) or None) if check else None
+            return local
+        return (max_over_ranks(local or 0, run.device) or None) if check else None
 
     def on_step_end(self, run: RunState, record: dict[str, Any] | None) -> None:
         if run.epoch_step < run.steps_per_epoch:

@@ -3,9 +3,9 @@
 Each logger is an optional extra (`pip install 'hicl[tensorboard]'`, `'hicl[mlflow]'`, `'hicl[wandb]'`) and
 receives what metrics.jsonl receives, under these names:
 
-    loss, loss/stage_K, lr, images_per_s           every `runtime.log_every` steps (x axis: the step)
-    epoch/loss, epoch/stage_K, epoch/images_per_s  every epoch (x axis: the step the epoch ended at)
-    knn/top1/HEAD                                  every `runtime.knn_every` epochs
+    loss/total, loss/stage_K, lr, images_per_s                  every `runtime.log_every` steps (x: the step)
+    epoch_loss/total, epoch_loss/stage_K, epoch_images_per_s    every epoch (x: the step it ended at)
+    knn_top1/HEAD                                               every `runtime.knn_every` epochs
 
 plus the resolved manifest as hyperparameters at the start and the run's plot (training.png) at the end.
 Only rank 0 logs. A resumed run continues the same tracker run: TensorBoard writes into the same folder
@@ -43,9 +43,9 @@ def check_loggers(names: list[str]) -> None:
 def scalars(record: dict[str, Any]) -> dict[str, float]:
     """A metrics.jsonl record as the named scalars every logger writes."""
     if record["kind"] == "knn":
-        return {f"knn/top1/{record['head']}": record["top1"]}
-    prefix = "" if record["kind"] == "step" else "epoch/"
-    values = {f"{prefix}loss": record["loss"], f"{prefix}images_per_s": record["images_per_s"]}
+        return {f"knn_top1/{record['head']}": record["top1"]}
+    prefix = "" if record["kind"] == "step" else "epoch_"
+    values = {f"{prefix}loss/total": record["loss"], f"{prefix}images_per_s": record["images_per_s"]}
     values |= {f"{prefix}loss/stage_{k + 1}": v for k, v in enumerate(record["stage_losses"])}
     return values | ({"lr": record["lr"]} if record["kind"] == "step" else {})
 

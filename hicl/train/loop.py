@@ -290,7 +290,7 @@ class Trainer:
         for epoch_step, source in enumerate(batches, first_step + 1):
             state.epoch_step = epoch_step
             callbacks.step_end(state, self.step(source.images, source.sizes))
-            if state.stop_signal is not None:
+            if state.stop_signal is not None and epoch_step < state.steps_per_epoch:  # else: at the epoch end
                 raise Stopped(state.stop_signal, state.step)
         state.epoch_step = 0
 
