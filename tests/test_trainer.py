@@ -312,4 +312,8 @@ def test_wandb_offline_writes_its_run_files(tmp_path, monkeypatch):
     run = pretrain(manifest, show_progress=False).run_dir
     run_id = json.loads((run / "loggers.json").read_text())["wandb"]
     offline = list((run / "wandb").glob(f"offline-run-*-{run_id}"))
-    assert offline and list(offline[0].glob("*.wandb"))
+    assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
+    resumed = manifest.model_copy(update={"schedule": manifest.schedule.model_copy(update={"epochs": 2})})
+    pretrain(resumed, resume=True, show_progress=False)
+    assert json.loads((run / "loggers.json").read_text())["wandb"] == run_id  # `wandb sync` joins them by id
+    assert len(list((run / "wandb").glob(f"offline-run-*-{run_id}"))) == 2

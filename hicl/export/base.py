@@ -187,6 +187,7 @@ def run_export(
         "format": format_name,
         "files": [p.name for p in result.files],
         "source_run": str(source.run.path),
+        "source_checkpoint": source.checkpoint.provenance(),
         **source.metadata(),
         **result.record,
     }

@@ -86,14 +86,16 @@ class Callback:
 
 
 class Callbacks:
-    """A run's callbacks, called in order at each hook."""
+    """A run's callbacks, called in order at each hook; `on_run_end` reaches those whose start ran."""
 
     def __init__(self, callbacks: list[Callback]):
         self.callbacks = callbacks
+        self.started = 0
 
     def run_start(self, run: RunState) -> None:
         for callback in self.callbacks:
             callback.on_run_start(run)
+            self.started += 1
 
     def step_end(self, run: RunState, record: dict[str, Any] | None) -> None:
         for callback in self.callbacks:
@@ -104,7 +106,7 @@ class Callbacks:
             callback.on_epoch_end(run, records)
 
     def run_end(self, run: RunState, error: BaseException | None) -> None:
-        for callback in self.callbacks:
+        for callback in self.callbacks[: self.started]:
             callback.on_run_end(run, error)
 
 

@@ -64,8 +64,10 @@ def save_checkpoint(
     model: SSLModel,
     optimizer: torch.optim.Optimizer,
     generators: dict[str, torch.Generator],
-    progress: dict[str, int],
+    progress: dict[str, Any],
 ) -> None:
+    """Write model, optimiser, generators and `progress` (into meta.json, with each file's SHA-256) to
+    `directory`, through `directory.tmp` and a swap, so a failed write leaves the previous checkpoint."""
     tmp = directory.with_name(directory.name + ".tmp")
     old = directory.with_name(directory.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import uuid
 from typing import Any
 
 from hicl.errors import HiclError
@@ -166,7 +167,7 @@ class WandbLogger(ScalarLogger):
         import wandb
 
         known = read_ids(run.run).get("wandb")
-        run_id = known if run.resumed_step is not None and isinstance(known, str) else wandb.util.generate_id()
+        run_id = known if run.resumed_step is not None and isinstance(known, str) else uuid.uuid4().hex[:8]
         write_id(run.run, "wandb", run_id)
         logged_in = bool(os.environ.get("WANDB_API_KEY")) or os.environ.get("WANDB_MODE") == "online"
         self.run = wandb.init(project="hicl", name=run.manifest.name, id=run_id, resume="allow",

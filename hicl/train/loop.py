@@ -214,8 +214,8 @@ def run_epochs(trainer: Trainer, callbacks: Callbacks) -> None:
     state = trainer.state
     trainer.model.train()
     state.started = time.perf_counter()
-    callbacks.run_start(state)
     try:
+        callbacks.run_start(state)
         for epoch in range(state.epoch, state.epochs):
             state.epoch = epoch
             trainer.run_epoch(callbacks)
