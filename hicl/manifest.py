@@ -284,6 +284,13 @@ class RuntimeConfig(Section):
     )
     mlflow_uri: str | None = Field(None, description="MLflow tracking URI; default a file store at OUTPUT_DIR/mlruns")
 
+    @field_validator("loggers")
+    @classmethod
+    def _loggers_once(cls, loggers: list[str]) -> list[str]:
+        if len(set(loggers)) != len(loggers):
+            raise ValueError("name each logger once")
+        return loggers
+
     @field_validator("device")
     @classmethod
     def _device(cls, device: str) -> str:
