@@ -37,9 +37,9 @@ def training_figure(records: list[dict[str, Any]]) -> Figure:
         axes.plot(x, [r["loss"] for r in steps], color="black", marker=marker, markersize=3, label="total (weighted)")
     for k in range(len(steps[0]["stage_losses"])):
         axes.plot(x, [r["stage_losses"][k] for r in steps], marker=marker, markersize=3, label=f"stage {k + 1}")
-    if epochs:
-        axes.plot([r["step"] for r in epochs], [r["loss"] for r in epochs], color="tab:red", linestyle="--",
-                  marker="s", markersize=5, label="epoch mean (total)")
+    if epochs:  # points, not a line: the curves above stay the panel's lines, one per logged series
+        axes.scatter([r["step"] for r in epochs], [r["loss"] for r in epochs], color="tab:red", marker="s", s=20,
+                     zorder=3, label="epoch mean (total)")
     axes.set_ylabel("loss")
     axes.legend()
     panels[1].plot(x, [r["lr"] for r in steps], color="tab:gray", marker=marker, markersize=3)
