@@ -150,7 +150,7 @@ def pretrain(
     from hicl.evaluate.linear import linear_eval, render_linear_eval
     from hicl.lock import RunLock
     from hicl.runs import RunDir
-    from hicl.train.checkpoint import set_verification
+    from hicl.checkpoint import set_verification
     from hicl.train.dist import read_env
     from hicl.train.loop import pretrain as run_pretrain
     from hicl.train.signals import Stopped
@@ -172,11 +172,8 @@ def pretrain(
         raise typer.Exit(130) from None
     if read_env().rank != 0:  # rank 0 reports (and evaluates) for the whole torchrun job
         return
-    console.print(
-        f"pretrained {result.steps} steps in {result.wall_s:.0f} s ({result.images_per_s:.0f} img/s on average), "
-        f"final loss {result.final_loss:.4f} -> {result.run_dir}"
-    )
-    if resolved.eval.after_pretrain:
+    console.print(result.summary())
+    if resolved.eval.after_pretrain and not result.nothing_left:
         with RunLock(result.run_dir):
             Console().print(render_linear_eval(linear_eval(resolved, RunDir(result.run_dir), console)))
 
@@ -194,7 +191,7 @@ def linear_eval_command(
     from hicl.evaluate.linear import linear_eval, render_linear_eval
     from hicl.lock import RunLock
     from hicl.runs import open_run
-    from hicl.train.checkpoint import set_verification
+    from hicl.checkpoint import set_verification
 
     set_verification(not no_verify)
     extra = [f"eval.stage={stage}"] * (stage is not None) + [f"eval.protocol={protocol}"] * (protocol is not None)
@@ -241,7 +238,7 @@ def export(
     from hicl.export.base import ExportOptions, exporter, human_size, run_export
     from hicl.lock import RunLock
     from hicl.runs import open_run
-    from hicl.train.checkpoint import set_verification
+    from hicl.checkpoint import set_verification
 
     exporter(format)  # an unknown format is named before anything is opened
     set_verification(not no_verify)

@@ -297,6 +297,17 @@ class RuntimeConfig(Section):
     channels_last: bool = Field(False, description="NHWC memory format for the network and its inputs (CUDA)")
     compile: bool = Field(False, description="torch.compile the stage networks; graph breaks are logged")
     sync_bn: bool = Field(False, description="BatchNorm statistics over all processes under torchrun (CUDA)")
+    loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        [], description="experiment trackers beside metrics.jsonl, each an extra: pip install 'hicl[NAME]'"
+    )
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; default a file store at OUTPUT_DIR/mlruns")
+
+    @field_validator("loggers")
+    @classmethod
+    def _loggers_once(cls, loggers: list[str]) -> list[str]:
+        if len(set(loggers)) != len(loggers):
+            raise ValueError("name each logger once")
+        return loggers
 
     @field_validator("device")
     @classmethod

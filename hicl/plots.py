@@ -15,22 +15,34 @@ if TYPE_CHECKING:
     from hicl.evaluate.invariance import ProbeResult
 
 
+FEW_POINTS = 20  # below this many records a curve also marks each one (a single record has no line to draw)
+
+
+def _marker(points: int) -> str | None:
+    return "o" if points < FEW_POINTS else None
+
+
 def training_figure(records: list[dict[str, Any]]) -> Figure:
-    """From metrics.jsonl: total and per-stage loss, the learning rate and, when the run monitors it,
-    kNN top-1, each against the step (one panel each, sharing the step axis)."""
+    """From metrics.jsonl: total and per-stage loss (each logged step, and each epoch's mean), the learning
+    rate and, when the run monitors it, kNN top-1, each against the step (one panel each, sharing the step
+    axis). A short run's few records are drawn as points."""
     steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
     knn = [r for r in records if r["kind"] == "knn"]
     figure = Figure(figsize=(7, 7 if knn else 5.5), dpi=120)
     panels = figure.subplots(3 if knn else 2, 1, sharex=True, height_ratios=[3, 1, 1.5][: 3 if knn else 2])
     axes = panels[0]
-    x = [r["step"] for r in steps]
+    x, marker = [r["step"] for r in steps], _marker(len(steps))
     if len(steps[0]["stage_losses"]) > 1:
-        axes.plot(x, [r["loss"] for r in steps], color="black", label="total (weighted)")
+        axes.plot(x, [r["loss"] for r in steps], color="black", marker=marker, markersize=3, label="total (weighted)")
     for k in range(len(steps[0]["stage_losses"])):
-        axes.plot(x, [r["stage_losses"][k] for r in steps], label=f"stage {k + 1}")
+        axes.plot(x, [r["stage_losses"][k] for r in steps], marker=marker, markersize=3, label=f"stage {k + 1}")
+    if epochs:  # points, not a line: the curves above stay the panel's lines, one per logged series
+        axes.scatter([r["step"] for r in epochs], [r["loss"] for r in epochs], color="tab:red", marker="s", s=20,
+                     zorder=3, label="epoch mean (total)")
     axes.set_ylabel("loss")
     axes.legend()
-    panels[1].plot(x, [r["lr"] for r in steps], color="tab:gray")
+    panels[1].plot(x, [r["lr"] for r in steps], color="tab:gray", marker=marker, markersize=3)
     panels[1].set_ylabel("lr")
     if knn:
         panels[2].plot([r["step"] for r in knn], [100 * r["top1"] for r in knn], marker="o")

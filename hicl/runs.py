@@ -4,8 +4,9 @@
       manifest.yaml   the manifest as resolved (defaults filled, overrides applied)
       env.json        versions, device, seed, command line, data fingerprint
       metrics.jsonl   one JSON object per logged step and per epoch
-      checkpoints/last/   backbone.safetensors heads.safetensors trainer.safetensors meta.json
+      checkpoints/last/   the last checkpoint (its files: hicl.checkpoint)
       results/        training.png, linear-eval, kNN, probe and export outputs
+      loggers.json, tensorboard/, wandb/   with runtime.loggers: the tracker runs' ids, their local files
       .hicl.lock      the run lock (see hicl.lock): one writer at a time
 
 hicl deletes or rewrites only the entries above, and only after proving that each one lies inside
@@ -29,11 +30,11 @@ import hicl
 from hicl.collectives import world_size
 from hicl.errors import HiclError
 from hicl.lock import LOCK_NAME, RunLock
+from hicl.checkpoint import checkpoint_progress, find_checkpoint
 from hicl.manifest import Manifest, dump_manifest, load_manifest, plugin_records
-from hicl.train.checkpoint import checkpoint_progress, find_checkpoint
 
 # What hicl writes into a run directory; `--overwrite` removes exactly these (the lock stays: it is held).
-HICL_ENTRIES = ("manifest.yaml", "env.json", "metrics.jsonl", "checkpoints", "results")
+HICL_ENTRIES = ("manifest.yaml", "env.json", "metrics.jsonl", "checkpoints", "results", "loggers.json", "tensorboard", "wandb")
 F = TypeVar("F", bound=Callable[..., Any])
 _locks_taken: list[RunLock] = []
 
@@ -83,22 +84,26 @@ class RunDir:
         for entry in HICL_ENTRIES:
             self.inside(self.path / entry)
         if resume:
-            recorded = load_manifest(self.manifest_path)
-            if _training_settings(recorded) != _training_settings(manifest):
-                raise HiclError(
-                    f"{self.manifest_path}: the run was started with a different manifest; "
-                    "on --resume only schedule.epochs, runtime and eval may change"
-                )
-            reached = checkpoint_progress(self.last_checkpoint)["epoch"]
-            if reached > manifest.schedule.epochs:
-                raise HiclError(
-                    f"schedule.epochs: the checkpoint has reached epoch {reached}; "
-                    f"resuming needs at least {reached} (got {manifest.schedule.epochs})"
-                )
+            self.check_resumable(manifest)
         elif overwrite:
             for entry in HICL_ENTRIES:
                 self._remove(self.path / entry)
         self.manifest_path.write_text(dump_manifest(manifest))
+
+    def check_resumable(self, manifest: Manifest) -> None:
+        """A resumed run must train what it started with and not have gone past `manifest`'s epochs."""
+        recorded = load_manifest(self.manifest_path)
+        if _training_settings(recorded) != _training_settings(manifest):
+            raise HiclError(
+                f"{self.manifest_path}: the run was started with a different manifest; "
+                "on --resume only schedule.epochs, runtime and eval may change"
+            )
+        reached = checkpoint_progress(self.last_checkpoint)["epoch"]
+        if reached > manifest.schedule.epochs:
+            raise HiclError(
+                f"schedule.epochs: the checkpoint has reached epoch {reached}; "
+                f"resuming needs at least {reached} (got {manifest.schedule.epochs})"
+            )
 
     def inside(self, path: Path) -> Path:
         """`path`, once proven to lie inside the run directory (after resolving symlinks)."""

@@ -16,7 +16,7 @@ from torch import nn
 from hicl.errors import HiclError
 from hicl.manifest import Manifest, NormalizeConfig
 from hicl.models.backbone import StageRunner, create_backbone, feature_stages
-from hicl.train.checkpoint import find_checkpoint, load_backbone_state
+from hicl.checkpoint import BACKBONE, Checkpoint, open_checkpoint
 
 
 def model_input(images: torch.Tensor, size: int, normalize: NormalizeConfig) -> torch.Tensor:
@@ -41,17 +41,16 @@ def extract_features(
     return torch.cat(chunks)
 
 
-def pretrained_backbone(manifest: Manifest, checkpoint: Path) -> tuple[nn.Module, str]:
-    """The run's backbone and a key that changes whenever its weights do."""
+def pretrained_backbone(manifest: Manifest, checkpoint: Path | Checkpoint) -> tuple[nn.Module, str]:
+    """The run's backbone and a key that changes whenever its weights do (the SHA-256 the load verified)."""
+    opened = checkpoint if isinstance(checkpoint, Checkpoint) else open_checkpoint(checkpoint)
     backbone = create_backbone(manifest.backbone)
     try:
-        backbone.load_state_dict(load_backbone_state(checkpoint))
+        backbone.load_state_dict(opened.backbone_state())
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if "\n" in str(exc) else str(exc)
-        raise HiclError(f"{checkpoint}: checkpoint does not match the manifest's backbone ({first[:200]})") from None
-    found = find_checkpoint(checkpoint)
-    digest = hashlib.sha256((found / "backbone.safetensors").read_bytes()).hexdigest()[:16]
-    return backbone, f"pretrained-{digest}"
+        raise HiclError(f"{opened.path}: checkpoint does not match the manifest's backbone ({first[:200]})") from None
+    return backbone, f"pretrained-{opened.sha256(BACKBONE)[:16]}"
 
 
 def random_backbone(manifest: Manifest) -> tuple[nn.Module, str]:

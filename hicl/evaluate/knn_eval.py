@@ -41,7 +41,7 @@ def knn_eval(manifest: Manifest, run: RunDir, console: Console | None = None) ->
         if name == "pretrained":
             protocol = {"name": "knn", "k": cfg.knn_k, "temperature": cfg.knn_temperature, "stage": cfg.stage}
             fingerprints = {split: f.fingerprint for split, f in split_features.items()}
-            result.update(provenance(manifest, frozen.weights, fingerprints, protocol))
+            result.update(provenance(manifest, frozen.weights_sha256, fingerprints, protocol))
     result["stages"] = {stage: {"heads": rows} for stage, rows in by_stage.items()}
     result["heads"] = by_stage[list(by_stage)[-1]]
     run.write_result("knn.json", result)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +34,7 @@ from hicl.evaluate.features import (
 from hicl.evaluate.provenance import provenance
 from hicl.manifest import EvalConfig, Manifest
 from hicl.runs import RunDir
-from hicl.train.checkpoint import find_checkpoint
+from hicl.checkpoint import BACKBONE, open_checkpoint
 from hicl.train.device import resolve_device
 from hicl.train.optim import lr_at
 
@@ -88,7 +87,7 @@ class FrozenBackbone:
 
     name: str  # pretrained | random_init
     key: str
-    weights: Path | None  # the weights file (None at random init)
+    weights_sha256: str | None  # of the weights (None at random init)
     features: StageFeatures
     stages: list[str]
 
@@ -96,17 +95,16 @@ class FrozenBackbone:
 def frozen_backbones(manifest: Manifest, run: RunDir, device: torch.device) -> Iterator[FrozenBackbone]:
     """The run's (or `eval.checkpoint`'s) backbone, then, if asked, the same one at random init; built one
     at a time so that only one is in memory."""
-    source = manifest.eval.checkpoint or run.last_checkpoint
-    checkpoint = find_checkpoint(source)
-    makers: dict[str, Callable[[], tuple[nn.Module, str]]] = {"pretrained": lambda: pretrained_backbone(manifest, source)}
+    checkpoint = open_checkpoint(manifest.eval.checkpoint or run.last_checkpoint)
+    makers: dict[str, Callable[[], tuple[nn.Module, str]]] = {"pretrained": lambda: pretrained_backbone(manifest, checkpoint)}
     if manifest.eval.random_init_baseline:
         makers["random_init"] = lambda: random_backbone(manifest)
     for name, make in makers.items():
         backbone, key = make()
         features = StageFeatures(backbone, manifest.backbone.name, manifest.view_size).to(device)
         stages = features.resolve(None if manifest.eval.stage == "all" else [manifest.eval.stage])
-        weights = checkpoint / "backbone.safetensors" if name == "pretrained" and checkpoint is not None else None
-        yield FrozenBackbone(name, key, weights, features, stages)
+        weights_sha256 = checkpoint.sha256(BACKBONE) if name == "pretrained" else None
+        yield FrozenBackbone(name, key, weights_sha256, features, stages)
 
 
 def eval_heads(manifest: Manifest, available: list[str]) -> list[str]:
@@ -186,7 +184,7 @@ def linear_eval(manifest: Manifest, run: RunDir, console: Console | None = None)
                 rows[h][name] = {"top1": scores[stage][h].top1, "top5": scores[stage][h].top5}
         if name == "pretrained":
             protocol = {"name": cfg.protocol, **cfg.model_dump(mode="json", exclude={"after_pretrain"})}
-            result.update(provenance(manifest, frozen.weights, fingerprints, protocol))
+            result.update(provenance(manifest, frozen.weights_sha256, fingerprints, protocol))
     result["stages"] = {stage: {"heads": rows} for stage, rows in by_stage.items()}
     result["heads"] = by_stage[list(by_stage)[-1]]  # the deepest evaluated stage (the model output for `last`)
     run.write_result("linear_eval.json", result)

@@ -61,7 +61,7 @@ def probe_targets(
         record = {
             "label": target.label,
             "model": target.manifest.backbone.name,
-            **provenance(target.manifest, target.weights, {"test": tensor_fingerprint(images)}, protocol),
+            **provenance(target.manifest, target.weights_sha256, {"test": tensor_fingerprint(images)}, protocol),
             "stages": result.stages,
             "ops": result.ops,
             "skipped_ops": result.skipped,

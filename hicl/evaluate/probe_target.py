@@ -17,7 +17,8 @@ from hicl.errors import HiclError
 from hicl.manifest import BackboneConfig, Manifest, format_validation_error, load_manifest
 from hicl.models.backbone import create_backbone
 from hicl.runs import open_run
-from hicl.train.checkpoint import find_checkpoint, load_backbone_state
+from hicl.checkpoint import BACKBONE, find_checkpoint, open_checkpoint
+from hicl.evaluate.provenance import file_sha256
 
 
 @dataclass
@@ -25,7 +26,7 @@ class ProbeTarget:
     label: str
     manifest: Manifest  # the run's; a default one (synthetic data) for a checkpoint-less target
     backbone: nn.Module
-    weights: Path | None  # None: random initialisation
+    weights_sha256: str | None  # None: random initialisation
     results: Path | None  # the run's results directory, where the probe writes by default
 
 
@@ -54,9 +55,10 @@ def _from_run(path: Path) -> ProbeTarget:
 
 
 def _from_manifest(manifest: Manifest, checkpoint: Path, label: str, results: Path | None) -> ProbeTarget:
+    opened = open_checkpoint(checkpoint)
     backbone = create_backbone(manifest.backbone)
-    backbone.load_state_dict(load_backbone_state(checkpoint))  # SHA-256 verified, like every checkpoint load
-    return ProbeTarget(label, manifest, backbone, checkpoint / "backbone.safetensors", results)
+    backbone.load_state_dict(opened.backbone_state())  # SHA-256 verified, like every checkpoint load
+    return ProbeTarget(label, manifest, backbone, opened.sha256(BACKBONE), results)
 
 
 def _from_checkpoint(path: Path) -> ProbeTarget:
@@ -80,7 +82,7 @@ def _from_export(path: Path) -> ProbeTarget:
         manifest, tensors = read_state(path)
         backbone = create_backbone(manifest.backbone)
         backbone.load_state_dict({k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")})
-        return ProbeTarget(path.name, manifest, backbone, path / STATE, None)
+        return ProbeTarget(path.name, manifest, backbone, file_sha256(path / STATE), None)
     if kind != "timm":
         raise HiclError(f"{path}: a {kind} export; probe the run itself, or its timm or hicl export")
     try:
@@ -90,7 +92,7 @@ def _from_export(path: Path) -> ProbeTarget:
     backbone = create_backbone(cfg)
     weights = path / "model.safetensors"
     _load_weights(backbone, weights)
-    return ProbeTarget(path.name, _default_manifest(path.name, cfg), backbone, weights, None)
+    return ProbeTarget(path.name, _default_manifest(path.name, cfg), backbone, file_sha256(weights), None)
 
 
 def _from_model_name(name: str, weights: Path | None) -> ProbeTarget:
@@ -103,7 +105,8 @@ def _from_model_name(name: str, weights: Path | None) -> ProbeTarget:
     backbone = create_backbone(cfg)
     if weights is not None:
         _load_weights(backbone, weights)
-    return ProbeTarget(name if weights is None else f"{name}:{weights.stem}", manifest, backbone, weights, None)
+    label = name if weights is None else f"{name}:{weights.stem}"
+    return ProbeTarget(label, manifest, backbone, file_sha256(weights), None)
 
 
 def open_probe_target(target: str, weights: Path | None = None) -> ProbeTarget:
@@ -115,7 +118,7 @@ def open_probe_target(target: str, weights: Path | None = None) -> ProbeTarget:
     if path.is_dir():
         if (path / "manifest.yaml").is_file():
             return _from_run(path)
-        if (path / "backbone.safetensors").is_file():
+        if (path / BACKBONE).is_file():
             return _from_checkpoint(path)
         if (path / "export.json").is_file():
             return _from_export(path)

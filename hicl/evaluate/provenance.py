@@ -14,18 +14,19 @@ def manifest_hash(manifest: Manifest) -> str:
     return hashlib.sha256(dump_manifest(manifest).encode()).hexdigest()[:16]
 
 
-def file_hash(path: Path | None) -> str | None:
-    """sha256 (16 hex digits) of a weights file; None for a randomly initialised backbone."""
-    return None if path is None else hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+def file_sha256(path: Path | None) -> str | None:
+    """sha256 of a weights file that is not a checkpoint (an export, a bare state dict); None for none."""
+    return None if path is None else hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def provenance(
-    manifest: Manifest, weights: Path | None, fingerprints: dict[str, str], protocol: dict[str, Any]
+    manifest: Manifest, weights_sha256: str | None, fingerprints: dict[str, str], protocol: dict[str, Any]
 ) -> dict[str, Any]:
-    """`fingerprints`: per split, `tensor_fingerprint` of the uint8 images evaluated."""
+    """`weights_sha256`: of the weights evaluated (a checkpoint's is the one its load verified), None at
+    random init; `fingerprints`: per split, `tensor_fingerprint` of the uint8 images evaluated."""
     return {
         "manifest_hash": manifest_hash(manifest),
-        "checkpoint_hash": file_hash(weights),
+        "checkpoint_hash": None if weights_sha256 is None else weights_sha256[:16],
         "data_fingerprint": fingerprints,
         "protocol": protocol,
     }

@@ -19,12 +19,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 import hicl
+from hicl.checkpoint import Checkpoint, find_checkpoint, open_checkpoint
 from hicl.errors import HiclError
 from hicl.export import EXPORTERS
 from hicl.manifest import Manifest, dump_manifest
 from hicl.models.backbone import create_backbone
 from hicl.runs import RunDir, open_run
-from hicl.train.checkpoint import checkpoint_progress, find_checkpoint, load_backbone_state, load_heads_state
 
 RECORD = "export.json"
 
@@ -49,22 +49,26 @@ class Exporter(Protocol):
 
 @dataclass
 class ExportSource:
-    """A finished (or checkpointed) run: its manifest, last complete checkpoint and backbone weights."""
+    """A finished (or checkpointed) run: its manifest and last complete checkpoint, opened once."""
 
     manifest: Manifest
     run: RunDir
-    checkpoint: Path
-    backbone_state: dict[str, torch.Tensor]
-    progress: dict[str, int]
+    checkpoint: Checkpoint
 
     @classmethod
     def open(cls, target: Path, overrides: list[str] | None = None) -> ExportSource:
         run, manifest = open_run(target, overrides)
-        found = find_checkpoint(run.last_checkpoint)
-        if found is None:
+        if find_checkpoint(run.last_checkpoint) is None:
             raise HiclError(f"{run.path}: no complete checkpoint to export (pretrain the run first)")
-        progress = checkpoint_progress(run.last_checkpoint)
-        return cls(manifest, run, found, load_backbone_state(run.last_checkpoint), progress)
+        return cls(manifest, run, open_checkpoint(run.last_checkpoint))
+
+    @property
+    def backbone_state(self) -> dict[str, torch.Tensor]:
+        return self.checkpoint.backbone_state()
+
+    @property
+    def progress(self) -> dict[str, int]:
+        return self.checkpoint.progress
 
     @property
     def architecture(self) -> str:
@@ -78,7 +82,7 @@ class ExportSource:
         return model.eval()
 
     def heads_state(self) -> dict[str, torch.Tensor]:
-        return load_heads_state(self.checkpoint)
+        return self.checkpoint.heads_state()
 
     def metadata(self) -> dict[str, str]:
         """Provenance written into every exported file that has a header (safetensors, ONNX)."""
@@ -186,6 +190,7 @@ def run_export(
         "format": format_name,
         "files": [p.name for p in result.files],
         "source_run": str(source.run.path),
+        "source_checkpoint": source.checkpoint.provenance(),
         **source.metadata(),
         **result.record,
     }

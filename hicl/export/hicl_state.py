@@ -19,10 +19,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from hicl.checkpoint import backbone_prefix
 from hicl.errors import HiclError
 from hicl.export.base import ExportOptions, ExportResult, ExportSource, save_tensors
 from hicl.manifest import Manifest, manifest_from_dict, manifest_to_dict
-from hicl.train.checkpoint import backbone_prefix
 
 STATE = "hicl.safetensors"
 MARKER = "hicl_state"  # metadata key that tells this file from other safetensors files
