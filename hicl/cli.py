@@ -165,7 +165,10 @@ def pretrain(
         if env.rank == 0:
             resume = shlex.quote(str(resolved.run_dir))
             launcher = "torchrun ... -m hicl pretrain" if env.distributed else "hicl pretrain"
-            typer.echo(f"{stopped}, checkpoint written; continue with: {launcher} --resume {resume}", err=True)
+            if stopped.reason is not None:  # the run stopped itself: resuming it as it is would not help
+                typer.echo(f"error: {stopped}; checkpoint written (inspect it, change the manifest, start again)", err=True)
+            else:
+                typer.echo(f"{stopped}, checkpoint written; continue with: {launcher} --resume {resume}", err=True)
         raise typer.Exit(stopped.exit_code) from None
     except KeyboardInterrupt:  # a second one: stopped at once, the previous checkpoint stands
         typer.echo(_interrupted_hint(manifest, set_, resolved.run_dir), err=True)

@@ -38,6 +38,7 @@ from hicl.train.callbacks import (
     TRAINING_PLOT, Callback, Callbacks, Checkpointing, KnnMonitor, ProgressBar, RunRecord, RunState, StopOnSignal,
 )
 from hicl.train.checkpoint import load_checkpoint, save_checkpoint
+from hicl.train.collapse import CollapseMonitor
 from hicl.train.device import autocast, prepare_model, resolve_device, view_dtype
 from hicl.train.dist import DistEnv, gather_objects, init_distributed, mean_over_ranks, on_main, rank_seed, shutdown, wrap_ddp
 from hicl.train.health import check_health
@@ -211,7 +212,8 @@ def run_callbacks(trainer: Trainer, show_progress: bool, extra: list[Callback]) 
     """The run's callbacks: rank 0 alone writes the run directory, draws progress and logs; every rank
     takes part in stop signals and checkpoints (they synchronise the ranks)."""
     manifest, main = trainer.manifest, trainer.env.rank == 0
-    callbacks = [ProgressBar(show_progress and main)]
+    # the collapse monitor first: it adds its figures to the step record the others show and log
+    callbacks = [*([CollapseMonitor(trainer.model)] if main else []), ProgressBar(show_progress and main)]
     if main:
         if manifest.runtime.knn_every:
             callbacks.append(KnnMonitor(manifest, trainer.model))
@@ -232,7 +234,7 @@ def run_epochs(trainer: Trainer, callbacks: Callbacks) -> None:
             trainer.run_epoch(callbacks)
             callbacks.epoch_end(state, [trainer.epoch_record()])
             if state.stop_signal is not None and epoch + 1 < state.epochs:
-                raise Stopped(state.stop_signal, state.step)
+                raise Stopped(state.stop_signal, state.step, state.stop_reason)
     except BaseException as error:
         callbacks.run_end(state, error)
         raise
@@ -302,7 +304,7 @@ class Trainer:
             state.epoch_step = epoch_step
             callbacks.step_end(state, self.step(source.images, source.sizes))
             if state.stop_signal is not None and epoch_step < state.steps_per_epoch:  # else: at the epoch end
-                raise Stopped(state.stop_signal, state.step)
+                raise Stopped(state.stop_signal, state.step, state.stop_reason)
         state.epoch_step = 0
 
     def step(self, images: torch.Tensor, sizes: torch.Tensor | None) -> dict[str, Any] | None:
