@@ -305,6 +305,30 @@ def probe_invariance(
 
 @app.command()
 @user_errors
+def plan(
+    manifest: ManifestArg,
+    set_: Overrides = None,
+    fit_batch: Annotated[bool, typer.Option("--fit-batch", help="Find the largest batch that fits in memory.")] = False,
+    max_memory: Annotated[
+        str | None, typer.Option(metavar="SIZE", help="--fit-batch's limit, e.g. 2GiB (90% of it is used); default the device's memory.")
+    ] = None,
+    steps: Annotated[int, typer.Option(metavar="N", min=1, max=1000, help="Timed steps (after 2 warm-up steps).")] = 5,
+) -> None:
+    """Measure a run before launching it: images/s, epoch and schedule time, peak memory, checkpoint size."""
+    from hicl.manifest import load_manifest
+
+    resolved = load_manifest(manifest, set_)
+    from hicl.train.plan import plan_and_report
+
+    try:
+        plan_and_report(resolved, console, fit_batch=fit_batch, max_memory=max_memory, steps=steps)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; nothing was written", err=True)
+        raise typer.Exit(130) from None
+
+
+@app.command()
+@user_errors
 def validate(manifest: ManifestArg, set_: Overrides = None) -> None:
     """Validate a manifest and print it resolved (defaults filled, overrides applied), after a comment
     naming the plugin modules it imports."""

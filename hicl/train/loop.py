@@ -292,13 +292,7 @@ class Trainer:
         """The steps of `state.epoch`, from `state.epoch_step` (a resumed mid-epoch position) on."""
         state, first_step = self.state, self.state.epoch_step
         self.generators["epoch_order"].set_state(self.generators["order"].get_state())
-        resumed = self.progress if first_step else {}
-        # Summed on the device: reading a loss back every step would stall a GPU run. Under torchrun
-        # the sums are this rank's; a mid-epoch checkpoint holds their mean over ranks.
-        self.loss_sum = torch.tensor(resumed.get("epoch_loss_sum", 0.0), dtype=torch.float64, device=self.device)
-        self.stage_sum = torch.tensor(resumed.get("epoch_stage_sum", [0.0] * self.manifest.hierarchy.num_stages),
-                                      dtype=torch.float64, device=self.device)
-        self.tick, self.seen = time.perf_counter(), 0
+        self.start_sums(self.progress if first_step else {})
         batches = self.train.epoch(self.generators["order"], self.manifest.optim.batch_size, first_step)
         for epoch_step, source in enumerate(batches, first_step + 1):
             state.epoch_step = epoch_step
@@ -306,6 +300,15 @@ class Trainer:
             if state.stop_signal is not None and epoch_step < state.steps_per_epoch:  # else: at the epoch end
                 raise Stopped(state.stop_signal, state.step, state.stop_reason)
         state.epoch_step = 0
+
+    def start_sums(self, resumed: dict[str, Any]) -> None:
+        """The epoch's running loss sums (from a mid-epoch checkpoint's, if resumed) and its clock."""
+        # Summed on the device: reading a loss back every step would stall a GPU run. Under torchrun
+        # the sums are this rank's; a mid-epoch checkpoint holds their mean over ranks.
+        self.loss_sum = torch.tensor(resumed.get("epoch_loss_sum", 0.0), dtype=torch.float64, device=self.device)
+        self.stage_sum = torch.tensor(resumed.get("epoch_stage_sum", [0.0] * self.manifest.hierarchy.num_stages),
+                                      dtype=torch.float64, device=self.device)
+        self.tick, self.seen = time.perf_counter(), 0
 
     def step(self, images: torch.Tensor, sizes: torch.Tensor | None) -> dict[str, Any] | None:
         """One training step; on logging steps its metrics.jsonl record (averaged over ranks)."""
