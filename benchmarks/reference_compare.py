@@ -87,15 +87,19 @@ def sgd(model: nn.Module, manifest: Manifest) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def reference_steps(path: Path, manifest: Manifest, batch: StageViews, device: torch.device) -> dict[str, Step]:
-    """Model steps of the reference's hierarchical SimSiam and of plain SimSiam from its parts."""
+def reference_steps(path: Path, manifest: Manifest, batch: StageViews, device: torch.device,
+                    channels_last: bool = False) -> dict[str, Step]:
+    """Model steps of the reference's hierarchical SimSiam and of plain SimSiam from its parts
+    (`channels_last`: weights and views in NHWC memory format, a change the reference does not make)."""
     resnet, builder = load_reference(path)
     arch = getattr(resnet, manifest.backbone.name, None)
     if arch is None:
         raise SystemExit(f"backbone.name: the reference has no {manifest.backbone.name!r}")
-    hierarchical = builder.SimSiam(arch).to(device).train()
-    plain = ReferencePlain(builder.SimSiam(arch), builder.D).to(device).train()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    hierarchical = builder.SimSiam(arch).to(device, memory_format=layout).train()
+    plain = ReferencePlain(builder.SimSiam(arch), builder.D).to(device, memory_format=layout).train()
     views, colours = reference_inputs(batch)
+    views = [v.contiguous(memory_format=layout) for v in views]
 
     def step(optimizer: torch.optim.Optimizer, loss: Callable[[], torch.Tensor]) -> Step:
         def run() -> None:
@@ -106,10 +110,12 @@ def reference_steps(path: Path, manifest: Manifest, batch: StageViews, device: t
         return run
 
     names = ["x1_1", "x1_2", "x2_1", "x2_2", "x3_1", "x3_2", "x4_1", "x4_2"]
+    suffix = " channels_last" if channels_last else ""
     return {
-        "reference hierarchical": step(sgd(hierarchical, manifest),
-                                       lambda: hierarchical(**dict(zip(names, views)), color_enc=colours, epoch=0)["loss"]),
-        "reference plain": step(sgd(plain, manifest), lambda: plain(views[-2], views[-1])),
+        f"reference hierarchical{suffix}": step(
+            sgd(hierarchical, manifest),
+            lambda: hierarchical(**dict(zip(names, views)), color_enc=colours, epoch=0)["loss"]),
+        f"reference plain{suffix}": step(sgd(plain, manifest), lambda: plain(views[-2], views[-1])),
     }
 
 
@@ -132,15 +138,20 @@ def hicl_step(model: SSLModel, manifest: Manifest, batch: StageViews) -> Step:
 
 
 def hicl_steps(manifest: Manifest, batch: StageViews, plain_batch: StageViews, embed_dim: int, device: torch.device,
-               forwards: list[str]) -> dict[str, Step]:
+               forwards: list[str], channels_last: bool) -> dict[str, Step]:
+    """hicl's hierarchical step with each `hierarchy.forward`, and the plain one, with the manifest's
+    `runtime.channels_last` or the one given."""
     steps = {}
+    suffix = " channels_last" if channels_last else ""
     for forward in forwards:
         variant = manifest.model_copy(deep=True)
         variant.hierarchy.forward = forward
-        steps[f"hicl {forward}"] = hicl_step(hicl_model(variant, embed_dim, device), variant, batch)
+        variant.runtime.channels_last = channels_last
+        steps[f"hicl {forward}{suffix}"] = hicl_step(hicl_model(variant, embed_dim, device), variant, batch)
     plain = manifest.model_copy(deep=True)
     plain.hierarchy.mode = "off"
-    steps["hicl plain"] = hicl_step(hicl_model(plain, 0, device), plain, plain_batch)
+    plain.runtime.channels_last = channels_last
+    steps[f"hicl plain{suffix}"] = hicl_step(hicl_model(plain, 0, device), plain, plain_batch)
     return steps
 
 
@@ -157,28 +168,31 @@ def prepared_batches(manifest: Manifest, device: torch.device) -> tuple[StageVie
     return batch, plain, augmenter.embed_dim
 
 
-def rate(step: Step, images: int, warmup: int, iters: int, device: torch.device) -> float:
+def rate(step: Step, images: int, warmup: int, iters: int, device: torch.device) -> tuple[float, float]:
+    """(images per second of wall time, images per second of this process's CPU time)."""
     for _ in range(warmup):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(iters):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return images * iters / (time.perf_counter() - start)
+    return images * iters / (time.perf_counter() - wall), images * iters / (time.process_time() - cpu)
 
 
-def print_table(rates: dict[str, list[float]], header: str) -> None:
-    print(header)
+def print_table(rates: dict[str, list[float]], title: str) -> None:
+    """Each round's figure, the median and min-max spread, and the median's ratio to the reference's."""
+    print(title)
     rounds = len(next(iter(rates.values())))
-    print(f"{'variant':<24} " + " ".join(f"{'round ' + str(i + 1):>8}" for i in range(rounds))
-          + f" {'median':>8} {'vs reference':>13}")
+    print(f"{'variant':<34} " + " ".join(f"{'round ' + str(i + 1):>8}" for i in range(rounds))
+          + f" {'median':>8} {'spread':>7} {'vs reference':>13}")
     medians = {name: statistics.median(values) for name, values in rates.items()}
     for name, values in rates.items():
         base = medians["reference plain" if "plain" in name else "reference hierarchical"]
-        print(f"{name:<24} " + " ".join(f"{v:8.2f}" for v in values) + f" {medians[name]:8.2f} "
+        spread = (max(values) - min(values)) / medians[name]
+        print(f"{name:<34} " + " ".join(f"{v:8.2f}" for v in values) + f" {medians[name]:8.2f} {spread:6.0%} "
               f"{medians[name] / base:12.2f}x")
 
 
@@ -192,6 +206,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--forwards", default="separate,fused", help="hicl hierarchy.forward values to time")
+    parser.add_argument("--layouts", default="manifest", help="hicl memory formats: manifest (its "
+                        "runtime.channels_last), channels_last, or both comma-separated")
+    parser.add_argument("--reference-channels-last", action="store_true",
+                        help="also time the reference with NHWC weights and views")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3)
@@ -203,22 +221,31 @@ def main() -> None:
                  f"runtime.device={args.device}", *args.overrides]
     manifest = load_manifest(args.manifest, overrides)
     batch, plain_batch, embed_dim = prepared_batches(manifest, device)
-    steps = {**reference_steps(args.reference, manifest, batch, device),
-             **hicl_steps(manifest, batch, plain_batch, embed_dim, device, args.forwards.split(","))}
+    steps = reference_steps(args.reference, manifest, batch, device)
+    if args.reference_channels_last:
+        steps |= reference_steps(args.reference, manifest, batch, device, channels_last=True)
+    for layout in args.layouts.split(","):
+        channels_last = manifest.runtime.channels_last if layout == "manifest" else layout == "channels_last"
+        steps |= hicl_steps(manifest, batch, plain_batch, embed_dim, device, args.forwards.split(","), channels_last)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     header = (f"torch {torch.__version__}, {where}, load average {os.getloadavg()[0]:.1f} at start; SimSiam "
               f"{manifest.backbone.name} {args.size} px, batch {args.batch}, fp32; hicl hierarchy: adapter "
               f"{manifest.hierarchy.adapter}, bn {manifest.hierarchy.bn}; img/s of the model step")
     print(header, file=sys.stderr, flush=True)
-    rates: dict[str, list[float]] = {name: [] for name in steps}
+    wall: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
     for round_index in range(args.rounds):
         for name, step in steps.items():
-            rates[name].append(rate(step, args.batch, args.warmup, args.iters, device))
-            print(f"  round {round_index + 1} {name}: {rates[name][-1]:.2f} img/s "
+            rates = rate(step, args.batch, args.warmup, args.iters, device)
+            wall[name].append(rates[0])
+            cpu[name].append(rates[1])
+            print(f"  round {round_index + 1} {name}: {rates[0]:.2f} img/s, {rates[1]:.2f} img per CPU-s "
                   f"(load {os.getloadavg()[0]:.1f})", file=sys.stderr, flush=True)
-    print_table(rates, header + f", load average {os.getloadavg()[0]:.1f} at end")
+    print(header + f", load average {os.getloadavg()[0]:.1f} at end")
+    print_table(wall, "img/s (wall time)")
+    print_table(cpu, "img per CPU-second of this process (less sensitive to other processes on the machine)")
     if args.json:
-        args.json.write_text(json.dumps({"setup": header, "rates": rates}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"setup": header, "wall": wall, "cpu": cpu}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
