@@ -9,7 +9,9 @@ of the stage runner, the heads or per-view BatchNorm must leave these unchanged.
 rounding of different CPUs (and of a reordered but equivalent computation) far below the tolerances.
 
 Cases: `per_view` (hierarchy.bn: per_view; `separate` and `fused` forwards must both give it), and
-`joint_separate` / `joint_fused` (hierarchy.bn: joint, where the two forwards differ by design).
+`joint_separate` / `joint_fused` (hierarchy.bn: joint, where the two forwards differ by design); each
+in NCHW and in the NHWC memory format of `runtime.channels_last` (weights and views), which must not
+change them either.
 Regenerate only on purpose: `PYTHONPATH=. python tests/test_hierarchy_step_pinned.py`.
 """
 
@@ -23,8 +25,9 @@ import torch
 from torch import nn
 
 from hicl.augment.hierarchy import StageViews
-from hicl.manifest import Manifest
+from hicl.manifest import Manifest, RuntimeConfig
 from hicl.models.network import SSLModel, build_model
+from hicl.train.device import prepare_model
 
 FIXTURE = Path(__file__).parent / "data" / "hierarchy_step_pinned.safetensors"
 VIEW_BATCH, SIZE, STAGES, EMBED_IN = 4, 16, 4, 4
@@ -44,10 +47,11 @@ def _manifest(bn: str, forward: str) -> Manifest:
     )
 
 
-def _model(bn: str, forward: str, state: dict[str, torch.Tensor]) -> SSLModel:
+def _model(bn: str, forward: str, state: dict[str, torch.Tensor], channels_last: bool = False) -> SSLModel:
     model = build_model(_manifest(bn, forward), EMBED_IN)
     model.load_state_dict({k: v.double() for k, v in state.items()}, strict=True)
-    return model.double().train()
+    runtime = RuntimeConfig(device="cpu", channels_last=channels_last)
+    return prepare_model(model.double(), runtime, torch.device("cpu")).train()
 
 
 def _batch(inputs: dict[str, torch.Tensor]) -> StageViews:
@@ -106,11 +110,12 @@ def _part(recorded: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
     return {k[len(prefix) + 1 :]: v for k, v in recorded.items() if k.startswith(prefix + ".")}
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize(("case", "forward"), [("per_view", "separate"), ("per_view", "fused"),
                                                 ("joint_separate", "separate"), ("joint_fused", "fused")])
-def test_hierarchical_simsiam_step_matches_the_recorded_one(recorded, case, forward):
+def test_hierarchical_simsiam_step_matches_the_recorded_one(recorded, case, forward, channels_last):
     bn = CASES[case][0]
-    model = _model(bn, forward, _part(recorded, "state"))
+    model = _model(bn, forward, _part(recorded, "state"), channels_last)
     produced = _step(model, _batch(_part(recorded, "input")))
     expected = _part(recorded, case)
     assert sorted(produced) == sorted(expected)
