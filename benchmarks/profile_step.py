@@ -21,6 +21,7 @@ import argparse
 import collections
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -91,7 +92,7 @@ def _descendants(event):
 
 
 def breakdown(events, steps: int) -> dict[str, float]:
-    """Milliseconds per step of each part's forward and backward, the optimiser and the rest."""
+    """Milliseconds per step of each part's forward and backward, the optimiser and the rest (CPU events)."""
     times: dict[str, float] = collections.defaultdict(float)
     created_by: dict[int, str] = {}
     labels = sorted((e for e in events if e.name.startswith(PART)), key=lambda e: -e.cpu_time_total)
@@ -111,7 +112,7 @@ def breakdown(events, steps: int) -> dict[str, float]:
     return {k: v / steps / 1000 for k, v in times.items()}
 
 
-def profile_one(name: str, loss: Callable[[], torch.Tensor], model: nn.Module, optimizer: torch.optim.Optimizer,
+def profile_one(name: str, loss: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer,
                 parts: dict[str, list[nn.Module]], steps: int, top: int) -> dict[str, float]:
     profiled_step(loss, optimizer)  # warm-up: allocations and kernel choices happen here
     handles = label_modules(parts)
@@ -139,9 +140,33 @@ def _order(key: str) -> tuple:
     return (phase, "(total)" in key, "other" in key, key)
 
 
+def profile_reference(path: Path, manifest: Manifest, batch: StageViews, steps: int, top: int) -> dict[str, float]:
+    resnet, builder = load_reference(path)
+    model = builder.SimSiam(getattr(resnet, manifest.backbone.name)).train()
+    views, colours = reference_inputs(batch)
+    names = ["x1_1", "x1_2", "x2_1", "x2_2", "x3_1", "x3_2", "x4_1", "x4_2"]
+
+    def loss() -> torch.Tensor:
+        return model(**dict(zip(names, views)), color_enc=colours, epoch=0)["loss"]
+
+    return profile_one("reference", loss, sgd(model, manifest), reference_parts(model), steps, top)
+
+
+def profile_hicl(manifest: Manifest, forward: str, batch: StageViews, embed_dim: int, steps: int,
+                 top: int) -> dict[str, float]:
+    variant = manifest.model_copy(deep=True)
+    variant.hierarchy.forward = forward
+    model = hicl_model(variant, embed_dim, torch.device("cpu"))
+
+    def loss() -> torch.Tensor:
+        return model.total_loss(model.stage_losses(batch))
+
+    return profile_one(f"hicl {forward}", loss, sgd(model, variant), hicl_parts(model), steps, top)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reference", required=True, type=os.path.abspath)
+    parser.add_argument("--reference", required=True, type=Path)
     parser.add_argument("--manifest", default=PAPER_MANIFEST)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="section.key=value")
     parser.add_argument("--size", type=int, default=128)
@@ -163,26 +188,6 @@ def main() -> None:
         results[f"hicl {forward}"] = profile_hicl(manifest, forward, batch, embed_dim, args.steps, args.top)
     print_breakdown(results)
     print(f"load average {os.getloadavg()[0]:.1f} at end")
-
-
-def profile_reference(path: str, manifest: Manifest, batch: StageViews, steps: int, top: int) -> dict[str, float]:
-    from pathlib import Path
-
-    resnet, builder = load_reference(Path(path))
-    model = builder.SimSiam(getattr(resnet, manifest.backbone.name)).train()
-    views, colours = reference_inputs(batch)
-    names = ["x1_1", "x1_2", "x2_1", "x2_2", "x3_1", "x3_2", "x4_1", "x4_2"]
-    loss = lambda: model(**dict(zip(names, views)), color_enc=colours, epoch=0)["loss"]  # noqa: E731
-    return profile_one("reference", loss, model, sgd(model, manifest), reference_parts(model), steps, top)
-
-
-def profile_hicl(manifest: Manifest, forward: str, batch: StageViews, embed_dim: int, steps: int,
-                 top: int) -> dict[str, float]:
-    variant = manifest.model_copy(deep=True)
-    variant.hierarchy.forward = forward
-    model = hicl_model(variant, embed_dim, torch.device("cpu"))
-    loss = lambda: model.total_loss(model.stage_losses(batch))  # noqa: E731
-    return profile_one(f"hicl {forward}", loss, model, sgd(model, variant), hicl_parts(model), steps, top)
 
 
 if __name__ == "__main__":

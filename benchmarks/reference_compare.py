@@ -62,7 +62,8 @@ def keep_freed_memory() -> None:
 def load_reference(path: Path) -> tuple[ModuleType, ModuleType]:
     """The reference's `resnet_imagenet` and `simsiam_base.builder` modules, loaded from the checkout."""
     modules = []
-    for name, relative in (("reference_resnet", "resnet_imagenet.py"), ("reference_builder", "simsiam_base/builder.py")):
+    files = (("reference_resnet", "resnet_imagenet.py"), ("reference_builder", "simsiam_base/builder.py"))
+    for name, relative in files:
         file = path / relative
         if not file.is_file():
             raise SystemExit(f"--reference: {file} does not exist (expected a checkout of the reference repository)")
@@ -79,7 +80,8 @@ class ReferencePlain(nn.Module):
 
     def __init__(self, hierarchical: nn.Module, loss: Callable):
         super().__init__()
-        self.encoder, self.projector, self.predictor = hierarchical.encoder, hierarchical.projector1, hierarchical.predictor1
+        self.encoder = hierarchical.encoder
+        self.projector, self.predictor = hierarchical.projector1, hierarchical.predictor1
         self.loss = loss
 
     def forward(self, x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
