@@ -15,9 +15,10 @@ backward, optimiser step). Variants:
 
 Every round times every variant once (warm-up steps first), in turn, so that a change of the shared
 machine's load hits all of them alike; the table gives each round's figure, the median and the ratio of
-medians to the reference. Example (the figure in docs/results.md):
+medians to the reference, for wall time and for this process's CPU time (on a machine shared with
+other jobs the second is the steadier one; use `--threads 1` there). Example (docs/results.md):
 
-    python benchmarks/reference_compare.py --reference ../Hierarchical-Augmentation --rounds 3
+    python benchmarks/reference_compare.py --reference ../Hierarchical-Augmentation --rounds 2 --iters 1 --threads 1
 """
 
 from __future__ import annotations
