@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from hicl.train.collapse import CollapseAlarm, StageHealth, effective_rank, spread, stage_health, view_cosine
+from hicl.representation import effective_rank, spread, view_cosine
+from hicl.train.collapse import CollapseAlarm, StageHealth, stage_health
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -20,13 +20,13 @@ and warns or stops (`runtime.on_collapse`) when the alarm fires. Under torchrun 
 
 from __future__ import annotations
 
-import math
 import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hicl.representation import effective_rank, spread, view_cosine
 from hicl.train.callbacks import Callback, RunState
 
 if TYPE_CHECKING:
@@ -49,23 +49,6 @@ class StageHealth:
     def record(self, stage: int) -> dict[str, float]:
         return {f"spread_{stage}": self.spread, f"erank_{stage}": self.effective_rank,
                 f"view_cos_{stage}": self.view_cosine}
-
-
-def spread(z: torch.Tensor) -> torch.Tensor:
-    """sqrt(d) * mean_j std_i(z_i / ||z_i||)_j: about 1 for spread-out outputs, 0 for a constant one."""
-    unit = torch.nn.functional.normalize(z.float(), dim=1)
-    return unit.std(dim=0, unbiased=False).mean() * math.sqrt(z.shape[1])
-
-
-def effective_rank(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """exp(-sum_k p_k log p_k) with p_k = s_k / sum s over the singular values s of `z` ([N, d])."""
-    singular = torch.linalg.svdvals(z.float())
-    p = singular / singular.sum().clamp_min(eps) + eps
-    return torch.exp(-(p * p.log()).sum())
-
-
-def view_cosine(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.cosine_similarity(z_a.float(), z_b.float(), dim=1).mean()
 
 
 def stage_health(z_a: torch.Tensor, z_b: torch.Tensor) -> torch.Tensor:
