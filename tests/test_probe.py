@@ -129,7 +129,9 @@ def test_the_probe_table_fits_80_columns_with_every_op_and_stage(images):
         return {f"layer{k}": conv_features(views) * k for k in range(1, 6)}
 
     result = probe_invariance(five_stages, images[:64], AUGMENT, 16, seed=0)
-    assert result.ops == list(probe_ops()) and len(result.stages) == 5
+    # every op the default augment section has (plugins other tests registered have no section here)
+    assert result.ops == [k for k, (op, _) in probe_ops().items() if op in type(AUGMENT).model_fields]
+    assert len(result.ops) >= 16 and len(result.stages) == 5
     probed = ProbedTarget(SimpleNamespace(label="run"), result, {})
     console = Console(width=80, record=True)
     console.print(render_probe(probed))
