@@ -34,7 +34,8 @@ from hicl.checkpoint import checkpoint_progress, find_checkpoint
 from hicl.manifest import Manifest, dump_manifest, load_manifest, plugin_records
 
 # What hicl writes into a run directory; `--overwrite` removes exactly these (the lock stays: it is held).
-HICL_ENTRIES = ("manifest.yaml", "env.json", "metrics.jsonl", "checkpoints", "results", "loggers.json", "tensorboard", "wandb")
+HICL_ENTRIES = ("manifest.yaml", "env.json", "metrics.jsonl", "checkpoints", "results", "loggers.json", "tensorboard", "wandb",
+                "outcome.json")
 F = TypeVar("F", bound=Callable[..., Any])
 _locks_taken: list[RunLock] = []
 
