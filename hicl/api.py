@@ -249,13 +249,13 @@ def embed(
                      console or _console(progress), progress)
 
 
-def runs(folder: str | Path = "runs") -> list[dict[str, Any]]:
+def list_runs(folder: str | Path = "runs") -> list[dict[str, Any]]:
     """What `hicl runs` lists: per run name, method, backbone, hierarchy, data, epochs done / planned,
     state (finished, stopped, diverged, failed, running, interrupted, new), final loss, linear / kNN top-1."""
-    from hicl.run_list import list_runs
+    from hicl.run_list import list_runs as summaries
 
-    return [summary.as_dict() for summary in list_runs(Path(folder))]
+    return [summary.as_dict() for summary in summaries(Path(folder))]
 
 
 __all__ = ["embed", "export", "knn", "linear_eval", "load_backbone", "pretrain", "probe_invariance", "resolve_manifest",
-           "runs", "Pretrained", "Probed"]
+           "list_runs", "Pretrained", "Probed"]

@@ -30,10 +30,11 @@ def load_code(format_name: str, out: Path, source: ExportSource, result: ExportR
     if format_name == "timm":
         return f'import timm\n\nmodel = timm.create_model("local-dir:{out.resolve()}", pretrained=True, num_classes=0)\nmodel.eval()'
     if format_name == "torchvision":
-        return f"import torch\nimport torchvision\n\nmodel = {result.record['load']}\nmodel.eval()"
+        statements = result.record["load"].replace("; ", "\n")
+        return f"import safetensors.torch\nimport torch\nimport torchvision\n\n{statements}\nmodel.eval()"
     if format_name == "onnx":
         return ("import numpy as np\nimport onnxruntime\n\n"
-                f"session = onnxruntime.InferenceSession({str(out / 'model.onnx')!r})\n"
+                f"session = onnxruntime.InferenceSession({str(out / 'backbone.onnx')!r})\n"
                 f"features = session.run(['features'], {{'images': np.zeros((1, 3, {size}, {size}), np.float32)}})[0]")
     if format_name == "detectron2":
         return ("from detectron2.config import get_cfg\n\ncfg = get_cfg()\n"
