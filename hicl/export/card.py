@@ -99,7 +99,11 @@ def card_text(format_name: str, out: Path, source: ExportSource, result: ExportR
 
 
 def write_card(format_name: str, out: Path, source: ExportSource, result: ExportResult) -> list[Path]:
-    """README.md (and the training curve beside it, if the run drew one); the files written."""
+    """README.md (and the training curve beside it, if the run drew one); the files written. A file of the
+    user's own by either name (kept beside an earlier export) is left alone, and no card is written."""
+    if (out / CARD).exists() or (out / CURVE).exists():
+        result.notes.append(f"{out / CARD}: a file hicl did not write is there; no model card written")
+        return []
     written = []
     plot = source.run.results / CURVE
     if plot.is_file():
