@@ -7,6 +7,7 @@
       checkpoints/last/   the last checkpoint (its files: hicl.checkpoint)
       results/        training.png, linear-eval, kNN, probe and export outputs
       loggers.json, tensorboard/, wandb/   with runtime.loggers: the tracker runs' ids, their local files
+      outcome.json    how the last session ended (hicl.train.outcome): finished, stopped, diverged, failed
       .hicl.lock      the run lock (see hicl.lock): one writer at a time
 
 hicl deletes or rewrites only the entries above, and only after proving that each one lies inside
