@@ -251,7 +251,7 @@ def embed(
 
 def list_runs(folder: str | Path = "runs") -> list[dict[str, Any]]:
     """What `hicl runs` lists: per run name, method, backbone, hierarchy, data, epochs done / planned,
-    state (finished, stopped, diverged, failed, running, interrupted, new), final loss, linear / kNN top-1."""
+    state (finished, stopped, collapsed, diverged, failed, running, interrupted, new), final loss, linear / kNN top-1."""
     from hicl.run_list import list_runs as summaries
 
     return [summary.as_dict() for summary in summaries(Path(folder))]

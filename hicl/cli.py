@@ -131,7 +131,10 @@ def pretrain(
         if env.rank == 0:
             run_dir = shlex.quote(str(api.resolve_manifest(manifest, set_, resume).run_dir))
             launcher = "torchrun ... -m hicl pretrain" if env.distributed else "hicl pretrain"
-            typer.echo(f"{stopped}, checkpoint written; continue with: {launcher} --resume {run_dir}", err=True)
+            if stopped.reason is not None:  # the run stopped itself: resuming it as it is would not help
+                typer.echo(f"error: {stopped}; checkpoint written (inspect it, change the manifest, start again)", err=True)
+            else:
+                typer.echo(f"{stopped}, checkpoint written; continue with: {launcher} --resume {run_dir}", err=True)
         raise typer.Exit(stopped.exit_code) from None
     except KeyboardInterrupt:  # a second one: stopped at once, the previous checkpoint stands
         typer.echo(_interrupted_hint(manifest, set_, api.resolve_manifest(manifest, set_, resume).run_dir), err=True)
@@ -247,6 +250,30 @@ def probe_invariance(
     if len(result.targets) == 2:
         table.print(render_difference(*result.targets))
     console.print("wrote " + ", ".join(str(p) for p in result.files))
+
+
+@app.command()
+@user_errors
+def plan(
+    manifest: ManifestArg,
+    set_: Overrides = None,
+    fit_batch: Annotated[bool, typer.Option("--fit-batch", help="Find the largest batch that fits in memory.")] = False,
+    max_memory: Annotated[
+        str | None, typer.Option(metavar="SIZE", help="--fit-batch's limit, e.g. 2GiB (90% of it is used); default the device's memory.")
+    ] = None,
+    steps: Annotated[int, typer.Option(metavar="N", min=1, max=1000, help="Timed steps (after 2 warm-up steps).")] = 5,
+) -> None:
+    """Measure a run before launching it: images/s, epoch and schedule time, peak memory, checkpoint size."""
+    from hicl.manifest import load_manifest
+
+    resolved = load_manifest(manifest, set_)
+    from hicl.train.plan import plan_and_report
+
+    try:
+        plan_and_report(resolved, console, fit_batch=fit_batch, max_memory=max_memory, steps=steps)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; nothing was written", err=True)
+        raise typer.Exit(130) from None
 
 
 @app.command()

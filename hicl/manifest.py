@@ -294,13 +294,37 @@ class RuntimeConfig(Section):
     checkpoint_every_steps: PositiveInt | None = Field(
         None, description="also write a mid-epoch checkpoint every N steps (preemptible machines, long epochs)"
     )
-    channels_last: bool = Field(False, description="NHWC memory format for the network and its inputs (CUDA)")
+    channels_last: bool = Field(
+        True, description="NHWC memory format for the network and its inputs (faster convolutions on CPU and CUDA)"
+    )
     compile: bool = Field(False, description="torch.compile the stage networks; graph breaks are logged")
     sync_bn: bool = Field(False, description="BatchNorm statistics over all processes under torchrun (CUDA)")
     loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         [], description="experiment trackers beside metrics.jsonl, each an extra: pip install 'hicl[NAME]'"
     )
     mlflow_uri: str | None = Field(None, description="MLflow tracking URI; default a file store at OUTPUT_DIR/mlruns")
+    health_every: PositiveInt | None = Field(
+        None, description="steps between per-stage collapse checks (a multiple of log_every); default 10 x log_every"
+    )
+    collapse_threshold: Annotated[float, Field(gt=0.0, le=1.0)] = Field(
+        0.1, description="a stage whose spread (std of its normalised projections x sqrt(dim); healthy ~1) is below "
+        "this is collapsing"
+    )
+    collapse_patience: PositiveInt = Field(3, description="consecutive low checks before the collapse alarm")
+    on_collapse: Literal["warn", "stop"] = Field(
+        "warn", description="warn, or stop: write a checkpoint and exit with code 3 naming the stage"
+    )
+
+    @model_validator(mode="after")
+    def _health_on_logging_steps(self) -> RuntimeConfig:
+        # a check rides on a logged step's record, so that metrics.jsonl and the loggers carry it
+        if self.health_every is not None and self.health_every % self.log_every:
+            raise ValueError(f"health_every ({self.health_every}) must be a multiple of log_every ({self.log_every})")
+        return self
+
+    @property
+    def health_interval(self) -> int:
+        return self.health_every or 10 * self.log_every
 
     @field_validator("loggers")
     @classmethod

@@ -24,15 +24,39 @@ def _marker(points: int) -> str | None:
 
 def training_figure(records: list[dict[str, Any]]) -> Figure:
     """From metrics.jsonl: total and per-stage loss (each logged step, and each epoch's mean), the learning
-    rate and, when the run monitors it, kNN top-1, each against the step (one panel each, sharing the step
-    axis). A short run's few records are drawn as points."""
+    rate, and when the run has them, each stage's spread (the collapse monitor's; 0 is collapsed) and kNN
+    top-1, each against the step (one panel each, sharing the step axis). A short run's few records are
+    drawn as points."""
     steps = [r for r in records if r["kind"] == "step"]
-    epochs = [r for r in records if r["kind"] == "epoch"]
+    health = [r for r in steps if "spread" in r]
     knn = [r for r in records if r["kind"] == "knn"]
-    figure = Figure(figsize=(7, 7 if knn else 5.5), dpi=120)
-    panels = figure.subplots(3 if knn else 2, 1, sharex=True, height_ratios=[3, 1, 1.5][: 3 if knn else 2])
-    axes = panels[0]
+    ratios = [3, 1] + [1.5] * bool(health) + [1.5] * bool(knn)
+    figure = Figure(figsize=(7, 3.5 + 1.1 * sum(ratios[1:])), dpi=120)
+    panels = list(figure.subplots(len(ratios), 1, sharex=True, height_ratios=ratios))
     x, marker = [r["step"] for r in steps], _marker(len(steps))
+    _loss_panel(panels[0], steps, [r for r in records if r["kind"] == "epoch"], marker)
+    panels[1].plot(x, [r["lr"] for r in steps], color="tab:gray", marker=marker, markersize=3)
+    panels[1].set_ylabel("lr")
+    if health:
+        axes = panels[2]
+        for k in range(len(health[0]["spread"])):
+            axes.plot([r["step"] for r in health], [r["spread"][k] for r in health], marker=_marker(len(health)),
+                      markersize=3, label=f"stage {k + 1}")
+        axes.set_ylabel("spread")
+        axes.set_ylim(bottom=0)
+        axes.legend(fontsize=7)
+    if knn:
+        panels[-1].plot([r["step"] for r in knn], [100 * r["top1"] for r in knn], marker="o")
+        panels[-1].set_ylabel(f"kNN top-1 % ({knn[-1]['head']})")
+    panels[-1].set_xlabel("step")
+    for panel in panels:
+        panel.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def _loss_panel(axes: Any, steps: list[dict[str, Any]], epochs: list[dict[str, Any]], marker: str | None) -> None:
+    x = [r["step"] for r in steps]
     if len(steps[0]["stage_losses"]) > 1:
         axes.plot(x, [r["loss"] for r in steps], color="black", marker=marker, markersize=3, label="total (weighted)")
     for k in range(len(steps[0]["stage_losses"])):
@@ -42,16 +66,6 @@ def training_figure(records: list[dict[str, Any]]) -> Figure:
                      zorder=3, label="epoch mean (total)")
     axes.set_ylabel("loss")
     axes.legend()
-    panels[1].plot(x, [r["lr"] for r in steps], color="tab:gray", marker=marker, markersize=3)
-    panels[1].set_ylabel("lr")
-    if knn:
-        panels[2].plot([r["step"] for r in knn], [100 * r["top1"] for r in knn], marker="o")
-        panels[2].set_ylabel(f"kNN top-1 % ({knn[-1]['head']})")
-    panels[-1].set_xlabel("step")
-    for panel in panels:
-        panel.grid(alpha=0.3)
-    figure.tight_layout()
-    return figure
 
 
 def save_training_plot(records: list[dict[str, Any]], path: Path) -> Path | None:

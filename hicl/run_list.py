@@ -1,7 +1,7 @@
 """`hicl runs`: what every run under a folder is and how far it got, read from its files (no torch).
 
 State: `running` while a process holds the run lock; else the outcome the last session recorded
-(`outcome.json`: finished, stopped, diverged, failed); `interrupted` for a run killed outright (no
+(`outcome.json`: finished, stopped, collapsed, diverged, failed); `interrupted` for a run killed outright (no
 outcome); `new` for one without a checkpoint or outcome yet.
 """
 

@@ -141,3 +141,23 @@ def test_the_probe_table_fits_80_columns_with_every_op_and_stage(images):
     assert rows[: len(result.ops)] == result.ops  # one row per op, names unbroken
     cell = result.cell("layer3", result.ops[0])
     assert f"{cell.invariance:.2f}±{cell.invariance_ci95:.2f}" in text
+
+
+def test_the_probe_reports_each_stages_effective_rank_of_the_clean_features(images):
+    import numpy as np
+
+    def stages(views):
+        flat = conv_features(views)
+        return {"full": flat, "rank_one": flat[:, :1] * torch.ones(1, 16)}
+
+    result = probe_invariance(stages, images[:64], AUGMENT, 16, ops=["flip"], seed=0)
+    assert result.effective_rank["rank_one"] == pytest.approx(1.0, abs=1e-3)
+    clean = stages(pixels_to_views(images[:64]))["full"].double().numpy()
+    s = np.linalg.svd(clean, compute_uv=False)
+    p = s / s.sum()
+    assert result.effective_rank["full"] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-3)
+
+
+def pixels_to_views(images: torch.Tensor) -> torch.Tensor:
+    """The probe's clean views of uint8 images already at the view size: scaled to [0, 1], normalised."""
+    return (images.float() / 255 - MEAN) / STD

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,7 @@ from torch import Tensor
 from hicl.augment import Params, Pipeline, identity_params
 from hicl.augment.op import OPS, ProbeVariant, op_names
 from hicl.manifest import AugmentConfig
+from hicl.representation import effective_rank
 
 FeatureFn = Callable[[Tensor], dict[str, Tensor]]
 """Normalised float views [B, 3, S, S] -> {stage name: pooled features [B, D]}."""
@@ -92,6 +93,7 @@ class ProbeResult:
     skipped: list[str]  # ops whose configured strength is 0
     num_images: int
     cells: list[Cell]
+    effective_rank: dict[str, float] = field(default_factory=dict)  # per stage, of the clean images' features
 
     def cell(self, stage: str, op: str) -> Cell:
         return next(c for c in self.cells if c.stage == stage and c.op == op)
@@ -255,7 +257,8 @@ def probe_invariance(
             with single_thread():
                 cell = _cell(s, op, clean[s], view[s], whiten[s], unrelated[s], changed, labels, train, test)
             cells.append(cell)
-    return ProbeResult(stages, kept, skipped, n, cells)
+    ranks = {s: effective_rank(clean[s]).item() for s in stages}
+    return ProbeResult(stages, kept, skipped, n, cells, ranks)
 
 
 def _cell(

@@ -66,6 +66,7 @@ def probe_targets(
             "ops": result.ops,
             "skipped_ops": result.skipped,
             "cells": [c.record() for c in result.cells],
+            "effective_rank": result.effective_rank,
         }
         probed.append(ProbedTarget(target, result, record))
     if len(probed) == 2 and probed[0].result.stages != probed[1].result.stages:
@@ -119,7 +120,10 @@ def render_probe(probed: ProbedTarget) -> Table:
 
     title = (f"{probed.target.label}: invariance ± 95% CI / predictability over chance "
              f"({result.num_images} images; classifier tested on {result.cells[0].predictability_n})")
-    return _ops_down(title, result.stages, result.ops, cell_text)
+    table = _ops_down(title, result.stages, result.ops, cell_text)
+    if result.effective_rank:  # a collapsed stage shows as a rank near 1
+        table.add_row("effective rank", *(f"{result.effective_rank[s]:.1f}" for s in result.stages), end_section=True)
+    return table
 
 
 def render_difference(a: ProbedTarget, b: ProbedTarget) -> Table:

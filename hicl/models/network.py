@@ -83,6 +83,10 @@ class SSLModel(nn.Module):
         self.fused = fused
         self.per_view_bn = per_view_bn
         self.register_buffer("loss_weights", torch.tensor(loss_weights), persistent=False)
+        # set by the collapse monitor for the steps it checks: the projections are kept (detached), so the
+        # check needs no second forward
+        self.keep_projections = False
+        self.last_projections: list[torch.Tensor] = []
         self.target = None
         if method.uses_target:
             self.target = copy.deepcopy(online).requires_grad_(False)
@@ -107,6 +111,8 @@ class SSLModel(nn.Module):
 
     def _stage_losses(self, batch: StageViews) -> torch.Tensor:
         online = self.online(batch.views, batch.param_vectors, self.fused)
+        if self.keep_projections:
+            self.last_projections = [z.detach() for z in online]
         targets: list[torch.Tensor | None] = [None] * len(online)
         if self.target is not None:
             with torch.no_grad():

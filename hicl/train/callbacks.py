@@ -58,6 +58,8 @@ class RunState:
     wall_before_s: float = 0.0  # training seconds of the run's earlier sessions
     started: float = field(default_factory=time.perf_counter)
     stop_signal: int | None = None
+    stop_reason: str | None = None  # why a callback stopped the run (a collapse), None for a signal
+    health: str = ""  # the collapse monitor's last word on the worst stage, for the progress line
 
     @property
     def epochs(self) -> int:
@@ -149,7 +151,8 @@ class ProgressBar(Callback):
     def on_step_end(self, run: RunState, record: dict[str, Any] | None) -> None:
         if record is not None:
             shown = " ".join(f"s{k + 1} {v:.3f}" for k, v in enumerate(record["stage_losses"]))
-            self.bar.update(self.task, rate=record["images_per_s"], losses=f"loss {record['loss']:.3f}  [{shown}]")
+            losses = f"loss {record['loss']:.3f}  [{shown}]" + (f"  {run.health}" if run.health else "")
+            self.bar.update(self.task, rate=record["images_per_s"], losses=losses)
         self.bar.update(self.task, advance=1)
 
     def on_run_end(self, run: RunState, error: BaseException | None) -> None:

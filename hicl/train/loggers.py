@@ -6,6 +6,7 @@ receives what metrics.jsonl receives, under these names:
     loss/total, loss/stage_K, lr, images_per_s                  every `runtime.log_every` steps (x: the step)
     epoch_loss/total, epoch_loss/stage_K, epoch_images_per_s    every epoch (x: the step it ended at)
     knn_top1/HEAD                                               every `runtime.knn_every` epochs
+    health/{spread,effective_rank,view_cosine}_stage_K          every `runtime.health_every` steps
 
 plus the resolved manifest as hyperparameters at the start and the run's plot (training.png) at the end.
 Only rank 0 logs. A resumed run continues the same tracker run: TensorBoard writes into the same folder
@@ -48,6 +49,8 @@ def scalars(record: dict[str, Any]) -> dict[str, float]:
     prefix = "" if record["kind"] == "step" else "epoch_"
     values = {f"{prefix}loss/total": record["loss"], f"{prefix}images_per_s": record["images_per_s"]}
     values |= {f"{prefix}loss/stage_{k + 1}": v for k, v in enumerate(record["stage_losses"])}
+    for figure in ("spread", "effective_rank", "view_cosine"):  # the collapse monitor's, on its steps
+        values |= {f"health/{figure}_stage_{k + 1}": v for k, v in enumerate(record.get(figure, []))}
     return values | ({"lr": record["lr"]} if record["kind"] == "step" else {})
 
 

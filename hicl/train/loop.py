@@ -38,6 +38,7 @@ from hicl.train.callbacks import (
     TRAINING_PLOT, Callback, Callbacks, Checkpointing, KnnMonitor, ProgressBar, RunRecord, RunState, StopOnSignal,
 )
 from hicl.train.checkpoint import load_checkpoint, save_checkpoint
+from hicl.train.collapse import CollapseMonitor
 from hicl.train.device import autocast, prepare_model, resolve_device, view_dtype
 from hicl.train.dist import DistEnv, gather_objects, init_distributed, mean_over_ranks, on_main, rank_seed, shutdown, wrap_ddp
 from hicl.train.health import check_health
@@ -211,7 +212,8 @@ def run_callbacks(trainer: Trainer, show_progress: bool, extra: list[Callback]) 
     """The run's callbacks: rank 0 alone writes the run directory, draws progress and logs; every rank
     takes part in stop signals and checkpoints (they synchronise the ranks)."""
     manifest, main = trainer.manifest, trainer.env.rank == 0
-    callbacks = [ProgressBar(show_progress and main)]
+    # the collapse monitor first: it adds its figures to the step record the others show and log
+    callbacks = [*([CollapseMonitor(trainer.model)] if main else []), ProgressBar(show_progress and main)]
     if main:
         if manifest.runtime.knn_every:
             callbacks.append(KnnMonitor(manifest, trainer.model))
@@ -232,7 +234,7 @@ def run_epochs(trainer: Trainer, callbacks: Callbacks) -> None:
             trainer.run_epoch(callbacks)
             callbacks.epoch_end(state, [trainer.epoch_record()])
             if state.stop_signal is not None and epoch + 1 < state.epochs:
-                raise Stopped(state.stop_signal, state.step)
+                raise Stopped(state.stop_signal, state.step, state.stop_reason)
     except BaseException as error:
         callbacks.run_end(state, error)
         raise
@@ -290,20 +292,23 @@ class Trainer:
         """The steps of `state.epoch`, from `state.epoch_step` (a resumed mid-epoch position) on."""
         state, first_step = self.state, self.state.epoch_step
         self.generators["epoch_order"].set_state(self.generators["order"].get_state())
-        resumed = self.progress if first_step else {}
+        self.start_sums(self.progress if first_step else {})
+        batches = self.train.epoch(self.generators["order"], self.manifest.optim.batch_size, first_step)
+        for epoch_step, source in enumerate(batches, first_step + 1):
+            state.epoch_step = epoch_step
+            callbacks.step_end(state, self.step(source.images, source.sizes))
+            if state.stop_signal is not None and epoch_step < state.steps_per_epoch:  # else: at the epoch end
+                raise Stopped(state.stop_signal, state.step, state.stop_reason)
+        state.epoch_step = 0
+
+    def start_sums(self, resumed: dict[str, Any]) -> None:
+        """The epoch's running loss sums (from a mid-epoch checkpoint's, if resumed) and its clock."""
         # Summed on the device: reading a loss back every step would stall a GPU run. Under torchrun
         # the sums are this rank's; a mid-epoch checkpoint holds their mean over ranks.
         self.loss_sum = torch.tensor(resumed.get("epoch_loss_sum", 0.0), dtype=torch.float64, device=self.device)
         self.stage_sum = torch.tensor(resumed.get("epoch_stage_sum", [0.0] * self.manifest.hierarchy.num_stages),
                                       dtype=torch.float64, device=self.device)
         self.tick, self.seen = time.perf_counter(), 0
-        batches = self.train.epoch(self.generators["order"], self.manifest.optim.batch_size, first_step)
-        for epoch_step, source in enumerate(batches, first_step + 1):
-            state.epoch_step = epoch_step
-            callbacks.step_end(state, self.step(source.images, source.sizes))
-            if state.stop_signal is not None and epoch_step < state.steps_per_epoch:  # else: at the epoch end
-                raise Stopped(state.stop_signal, state.step)
-        state.epoch_step = 0
 
     def step(self, images: torch.Tensor, sizes: torch.Tensor | None) -> dict[str, Any] | None:
         """One training step; on logging steps its metrics.jsonl record (averaged over ranks)."""

@@ -1,4 +1,5 @@
-"""How a run's last session ended, in `outcome.json`: finished, stopped (SIGINT/SIGTERM), diverged or failed.
+"""How a run's last session ended, in `outcome.json`: finished, stopped (SIGINT/SIGTERM), collapsed, diverged or
+failed.
 
 `hicl runs` reads it (with the run lock, which tells a running run) to show each run's state; the file is
 removed when a session starts, so a run that is killed outright shows as `interrupted`.
@@ -15,10 +16,13 @@ from hicl.train.signals import Stopped
 
 
 def outcome_of(error: BaseException | None) -> str:
-    """finished (no error), stopped (a stop signal or Ctrl-C), diverged (a non-finite or exploded model), failed."""
+    """finished (no error), stopped (a stop signal or Ctrl-C), collapsed (the collapse monitor stopped it),
+    diverged (a non-finite or exploded model), failed (anything else)."""
     if error is None:
         return "finished"
-    if isinstance(error, (Stopped, KeyboardInterrupt)):
+    if isinstance(error, Stopped):
+        return "stopped" if error.reason is None else "collapsed"
+    if isinstance(error, KeyboardInterrupt):
         return "stopped"
     return "diverged" if "training diverged" in str(error) else "failed"
 
@@ -31,6 +35,6 @@ class RunOutcome(Callback):
 
     def on_run_end(self, run: RunState, error: BaseException | None) -> None:
         record: dict[str, Any] = {"state": outcome_of(error), "epoch": run.epoch, "step": run.step, "loss": run.loss}
-        if error is not None and record["state"] != "stopped":
+        if error is not None and record["state"] != "stopped":  # why it ended, for `hicl runs --json`
             record["error"] = str(error)[:500]
         (run.run.inside(run.run.path / OUTCOME)).write_text(json.dumps(record) + "\n")

@@ -15,15 +15,21 @@ from contextlib import contextmanager
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal's number, as shells report it
 
 
-class Stopped(Exception):
-    """The run stopped on a signal after writing a checkpoint at `step`."""
+COLLAPSE_EXIT_CODE = 3  # the run stopped itself: a stage collapsed (runtime.on_collapse: stop)
 
-    def __init__(self, signum: int, step: int):
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}")
-        self.signum, self.step = signum, step
+
+class Stopped(Exception):
+    """The run stopped after writing a checkpoint at `step`: on a signal, or for `reason` (a collapse)."""
+
+    def __init__(self, signum: int, step: int, reason: str | None = None):
+        cause = reason or f"by {signal.Signals(signum).name}"
+        super().__init__(f"stopped at step {step}: {cause}" if reason else f"stopped {cause} at step {step}")
+        self.signum, self.step, self.reason = signum, step, reason
 
     @property
     def exit_code(self) -> int:
+        if self.reason is not None:
+            return COLLAPSE_EXIT_CODE
         return EXIT_CODES.get(self.signum, 128 + self.signum)
 
 
