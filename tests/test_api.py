@@ -281,3 +281,25 @@ def test_runs_shows_finished_stopped_diverged_and_running(tmp_path):
         assert hicl.list_runs(locked)[0]["state"] == "running"
     compared = runner.invoke(app, ["runs", "--compare", str(tmp_path / "finished"), str(tmp_path / "diverged"), "--json"])
     assert compared.exit_code == 0 and '"optim.lr"' in compared.output and "1e+30" in compared.output
+
+
+def test_embed_of_a_tensor_is_the_model_on_the_normalised_images(resnet_run):
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    model, data_config = hicl.load_backbone(resnet_run)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (data_config.mean, data_config.std))
+    with torch.no_grad():
+        expected = model((images.float() / 255 - mean) / std)
+    embedded = hicl.embed(resnet_run, images, batch_size=2)
+    torch.testing.assert_close(embedded.last, expected, rtol=1e-5, atol=1e-5)
+    assert embedded.names == [f"pretrain[{i}]" for i in range(5)] and embedded.labels == {}
+
+
+def test_outcomes_name_how_a_session_ended():
+    from hicl.train.outcome import outcome_of
+    from hicl.train.signals import Stopped
+
+    assert outcome_of(None) == "finished"
+    assert outcome_of(Stopped(2, 5)) == outcome_of(KeyboardInterrupt()) == "stopped"
+    assert outcome_of(Stopped(2, 5, reason="collapse: stage 1 rank 1.0")) == "collapsed"
+    assert outcome_of(HiclError("training diverged by step 3 (loss nan); lower optim.lr")) == "diverged"
+    assert outcome_of(RuntimeError("out of memory")) == "failed"

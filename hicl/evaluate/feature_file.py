@@ -52,6 +52,7 @@ class FeatureWriter:
         self.csv = csv.writer(self.csv_file)
 
     def add(self, features: dict[str, np.ndarray], labels: dict[str, np.ndarray], names: list[str]) -> None:
+        """One batch: [B, C] rows per stage, [B] labels per head, B names."""
         if self.rows == 0:
             self.csv.writerow(["index", "name", *labels])
         for stage in self.stages:
