@@ -146,7 +146,7 @@ def test_load_backbone_gives_the_same_features_from_the_run_its_checkpoint_and_e
     assert not reference.training
     with torch.no_grad():
         expected = reference(x)
-        for target in (resnet_run / "checkpoints" / "last", exports["timm"], exports["hicl"]):
+        for target in (resnet_run / "checkpoints" / "last", exports["timm"], exports["hicl"], exports["torchvision"]):
             loaded = hicl.load_backbone(target)
             assert loaded.data_config == data_config, target
             torch.testing.assert_close(loaded.model(x), expected, rtol=0, atol=0)
@@ -155,6 +155,10 @@ def test_load_backbone_gives_the_same_features_from_the_run_its_checkpoint_and_e
         exec(card_code(exports["torchvision"]), namespace)
         tv = namespace["model"]
         torch.testing.assert_close(tv.eval()(x), expected, rtol=1e-5, atol=1e-5)
+    for fmt in ("onnx", "detectron2"):  # for their own runtimes: refused in one line
+        if fmt in exports:
+            with pytest.raises(HiclError, match=f"a {fmt} export"):
+                hicl.load_backbone(exports[fmt])
     if "onnx" in exports and _has("onnxruntime"):
         import onnxruntime
 

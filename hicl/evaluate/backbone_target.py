@@ -11,7 +11,7 @@ from typing import Any
 from torch import nn
 
 from hicl.errors import HiclError
-from hicl.evaluate.probe_target import open_probe_target
+from hicl.evaluate.probe_target import ProbeTarget, from_model_name, open_probe_target
 from hicl.manifest import Manifest, NormalizeConfig
 
 
@@ -59,14 +59,32 @@ def _export_data_config(folder: Path, manifest: Manifest) -> DataConfig:
         raise HiclError(f"{folder / 'export.json'}: no input size, mean or std recorded ({exc.__class__.__name__})") from None
 
 
+def _export_format(path: Path) -> str | None:
+    try:
+        return json.loads((path / "export.json").read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _torchvision_export(folder: Path) -> ProbeTarget:
+    """timm's plain ResNets use torchvision's module names, so the torchvision file loads into timm's model."""
+    record = json.loads((folder / "export.json").read_text())
+    weights = folder / f"{record.get('architecture', '?').split('.')[0]}.safetensors"
+    if not weights.is_file():
+        raise HiclError(f"{weights}: the torchvision export's weights are missing")
+    target = from_model_name(str(record.get("architecture")), weights)
+    return ProbeTarget(folder.name, target.manifest, target.backbone, target.weights_sha256, None)
+
+
 def load_backbone(target: str | Path) -> Backbone:
-    """A run directory (or its manifest), a checkpoint directory, a `hicl export` folder of format timm or
-    hicl, or a timm model name (random init): the backbone, SHA-256 verified where a hash is recorded."""
-    opened = open_probe_target(str(target))
-    manifest = opened.manifest
+    """A run directory (or its manifest), a checkpoint directory, a `hicl export` folder of format timm,
+    torchvision or hicl, or a timm model name (random init): the backbone, SHA-256 verified where a hash is
+    recorded (ONNX and detectron2 exports are for their own runtimes)."""
     path = Path(target)
-    is_timm_export = path.is_dir() and (path / "export.json").is_file() and not (path / "hicl.safetensors").is_file()
-    if is_timm_export:
+    kind = _export_format(path) if path.is_dir() and not (path / "manifest.yaml").is_file() else None
+    opened = _torchvision_export(path) if kind == "torchvision" else open_probe_target(str(target))
+    manifest = opened.manifest
+    if kind in ("timm", "torchvision"):
         data_config = _export_data_config(path, manifest)
     else:
         normalize = manifest.augment.normalize
