@@ -6,6 +6,7 @@ import functools
 import json
 import os
 import shlex
+import sys
 from pathlib import Path
 from typing import Annotated, Callable, TypeVar
 
@@ -92,21 +93,6 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _resume_target(manifest: Path, overrides: list[str] | None):
-    """The manifest of `hicl pretrain --resume RUN_DIR`: the run's own, pointed at where the run now is."""
-    from hicl.manifest import load_manifest
-    from hicl.runs import RunDir
-
-    run = RunDir(manifest)
-    if not run.manifest_path.is_file():
-        raise HiclError(f"{manifest}: not a hicl run directory (no manifest.yaml)")
-    resolved = load_manifest(run.manifest_path, overrides)
-    if resolved.run_dir.resolve() != manifest.resolve():  # the run was moved or is given by another path
-        output = resolved.output.model_copy(update={"dir": manifest.resolve().parent, "name": manifest.resolve().name})
-        resolved = resolved.model_copy(update={"output": output})
-    return resolved
-
-
 def _interrupted_hint(manifest: Path, overrides: list[str] | None, run_dir: Path) -> str:
     """A command that continues (or, before the first checkpoint, restarts) the run, exactly as typed."""
     from hicl.runs import RunDir
@@ -132,53 +118,35 @@ def pretrain(
     ] = None,
 ) -> None:
     """Pretrain a backbone as the manifest says; writes the run directory."""
-    from hicl.manifest import load_manifest
+    from hicl import api
+    from hicl.train.signals import Stopped  # torch-free: a mistyped manifest is reported before torch loads
 
-    if resume and overwrite:
-        raise HiclError("--resume and --overwrite exclude each other: continue the run, or start it afresh")
-    if resume and init_from is not None:
-        raise HiclError("--init-from: a resumed run continues from its own checkpoint; pass either --resume or --init-from")
-    if manifest.is_dir():
-        if not resume and not (manifest / "manifest.yaml").is_file():
-            raise HiclError(f"{manifest}: is a directory but not a run directory (no manifest.yaml); give a manifest file")
-        if not resume:
-            raise HiclError(f"{manifest}: is a run directory; pass --resume to continue it, or give a manifest file")
-        resolved = _resume_target(manifest, set_)
-    else:
-        resolved = load_manifest(manifest, set_)  # a bad manifest is reported before torch is loaded
-    # imported only now: these load torch and timm, which a mistyped manifest should not wait for
-    from hicl.evaluate.linear import linear_eval, render_linear_eval
-    from hicl.lock import RunLock
-    from hicl.runs import RunDir
-    from hicl.checkpoint import set_verification
-    from hicl.train.dist import read_env
-    from hicl.train.loop import pretrain as run_pretrain
-    from hicl.train.signals import Stopped
-
-    set_verification(not no_verify)
     try:
-        result = run_pretrain(
-            resolved, resume=resume, overwrite=overwrite, console=console, show_progress=progress, init_from=init_from
-        )
+        done = api.pretrain(manifest, set_, resume, overwrite=overwrite, progress=progress, verify=not no_verify,
+                            init_from=init_from, console=console)
     except Stopped as stopped:  # a first Ctrl-C / SIGTERM: the step finished and a checkpoint was written
+        from hicl.train.dist import read_env
+
         env = read_env()
         if env.rank == 0:
-            resume = shlex.quote(str(resolved.run_dir))
+            run_dir = shlex.quote(str(api.resolve_manifest(manifest, set_, resume).run_dir))
             launcher = "torchrun ... -m hicl pretrain" if env.distributed else "hicl pretrain"
             if stopped.reason is not None:  # the run stopped itself: resuming it as it is would not help
                 typer.echo(f"error: {stopped}; checkpoint written (inspect it, change the manifest, start again)", err=True)
             else:
-                typer.echo(f"{stopped}, checkpoint written; continue with: {launcher} --resume {resume}", err=True)
+                typer.echo(f"{stopped}, checkpoint written; continue with: {launcher} --resume {run_dir}", err=True)
         raise typer.Exit(stopped.exit_code) from None
     except KeyboardInterrupt:  # a second one: stopped at once, the previous checkpoint stands
-        typer.echo(_interrupted_hint(manifest, set_, resolved.run_dir), err=True)
+        typer.echo(_interrupted_hint(manifest, set_, api.resolve_manifest(manifest, set_, resume).run_dir), err=True)
         raise typer.Exit(130) from None
+    from hicl.evaluate.linear import render_linear_eval
+    from hicl.train.dist import read_env
+
     if read_env().rank != 0:  # rank 0 reports (and evaluates) for the whole torchrun job
         return
-    console.print(result.summary())
-    if resolved.eval.after_pretrain and not result.nothing_left:
-        with RunLock(result.run_dir):
-            Console().print(render_linear_eval(linear_eval(resolved, RunDir(result.run_dir), console)))
+    console.print(done.summary())
+    if done.linear_eval is not None:
+        Console().print(render_linear_eval(done.linear_eval))
 
 
 @app.command("linear-eval")
@@ -191,18 +159,11 @@ def linear_eval_command(
     no_verify: NoVerify = False,
 ) -> None:
     """Linear classifiers on frozen features, per label head and stage; writes results/linear_eval.json."""
-    from hicl.evaluate.linear import linear_eval, render_linear_eval
-    from hicl.lock import RunLock
-    from hicl.runs import open_run
-    from hicl.checkpoint import set_verification
+    from hicl import api
+    from hicl.evaluate.linear import render_linear_eval
 
-    set_verification(not no_verify)
-    extra = [f"eval.stage={stage}"] * (stage is not None) + [f"eval.protocol={protocol}"] * (protocol is not None)
-    run_dir, manifest = open_run(run, [*(set_ or []), *extra])
-    if not run_dir.path.is_dir():
-        raise HiclError(f"{run_dir.path}: no such run directory (run hicl pretrain first)")
-    with RunLock(run_dir.path):
-        Console().print(render_linear_eval(linear_eval(manifest, run_dir, console)))
+    result = api.linear_eval(run, set_, stage=stage, protocol=protocol, verify=not no_verify, console=console)
+    Console().print(render_linear_eval(result))
 
 
 @app.command()
@@ -213,12 +174,10 @@ def knn(
     stage: Annotated[str | None, typer.Option(metavar="STAGE", help="last, all, a 1-based stage index or name (eval.stage).")] = None,
 ) -> None:
     """Weighted kNN (eval.knn_k, eval.knn_temperature) on frozen features; writes results/knn.json."""
-    from hicl.evaluate.knn_eval import knn_eval
+    from hicl import api
     from hicl.evaluate.linear import render_linear_eval
-    from hicl.runs import open_run
 
-    run_dir, manifest = open_run(run, [*(set_ or []), *([f"eval.stage={stage}"] if stage is not None else [])])
-    Console().print(render_linear_eval(knn_eval(manifest, run_dir, console), title="weighted kNN"))
+    Console().print(render_linear_eval(api.knn(run, set_, stage=stage, console=console), title="weighted kNN"))
 
 
 @app.command()
@@ -238,18 +197,11 @@ def export(
     no_verify: NoVerify = False,
 ) -> None:
     """Export the pretrained backbone (or the whole model) for another tool; prints the files written."""
-    from hicl.export.base import ExportOptions, exporter, human_size, run_export
-    from hicl.lock import RunLock
-    from hicl.runs import open_run
-    from hicl.checkpoint import set_verification
+    from hicl import api
+    from hicl.export.base import human_size
 
-    exporter(format)  # an unknown format is named before anything is opened
-    set_verification(not no_verify)
-    run_dir, _ = open_run(run, set_)
-    if not run_dir.path.is_dir():
-        raise HiclError(f"{run_dir.path}: no such run directory (run hicl pretrain first)")
-    with RunLock(run_dir.path, read_only_ok=True):
-        result = run_export(run, format, out, overwrite=overwrite, options=ExportOptions(pth=pth, dynamic_size=dynamic_size), overrides=set_)
+    result = api.export(run, out, format, overwrite=overwrite, pth=pth, dynamic_size=dynamic_size, overrides=set_,
+                        verify=not no_verify)
     for path in result.files:
         typer.echo(f"wrote {path} ({human_size(path.stat().st_size)})")
     for line in result.notes:
@@ -286,21 +238,18 @@ def probe_invariance(
     out: Annotated[Path | None, typer.Option(metavar="DIR", help="Output directory; default: the run's results/.")] = None,
 ) -> None:
     """Per stage and augmentation op: invariance and predictability of the op on held-out images."""
-    from hicl.evaluate.probe_report import default_out, probe_targets, render_difference, render_probe, write_outputs
-    from hicl.evaluate.probe_target import open_probe_target
+    from hicl import api
+    from hicl.evaluate.probe_report import render_difference, render_probe
 
-    targets = [open_probe_target(target, weights)]
-    if compare is not None:
-        targets.append(open_probe_target(compare))
     stage_list = [part for item in stages or [] for part in item.split(",") if part] or None
-    probed = probe_targets(targets, stage_list, images, console)
+    result = api.probe_invariance(target, stages=stage_list, compare=compare, images=images, weights=weights, out=out,
+                                  console=console)
     table = Console()
-    for p in probed:
+    for p in result.targets:
         table.print(render_probe(p))
-    if len(probed) == 2:
-        table.print(render_difference(*probed))
-    paths = write_outputs(probed, out or default_out(targets[0]))
-    console.print("wrote " + ", ".join(str(p) for p in paths))
+    if len(result.targets) == 2:
+        table.print(render_difference(*result.targets))
+    console.print("wrote " + ", ".join(str(p) for p in result.files))
 
 
 @app.command()
@@ -356,6 +305,50 @@ def schema(
     import_plugins(plugins or [], "--plugin")
     model = manifest_model(plugins or [])
     typer.echo(manifest_markdown(model) if markdown else json.dumps(model.model_json_schema(), indent=2), nl=not markdown)
+
+
+@app.command()
+@user_errors
+def embed(
+    target: Annotated[str, typer.Argument(metavar="TARGET", help="Run directory, checkpoint directory, timm or hicl export folder.")],
+    data: Annotated[str, typer.Option(metavar="PATH", help="A folder of images (searched recursively) or a manifest (its data).")],
+    out: Annotated[Path, typer.Option(metavar="FILE", help="Output: FILE.safetensors or FILE.npy, with FILE.csv (index, name, labels).")],
+    stage: Annotated[str, typer.Option(metavar="STAGE", help="last, all, a 1-based stage index or name.")] = "last",
+    split: Annotated[str, typer.Option(metavar="SPLIT", help="With a manifest: pretrain, train or test.")] = "train",
+    batch_size: Annotated[int, typer.Option(metavar="N", min=1, help="Images per forward pass.")] = 256,
+    progress: Annotated[bool, typer.Option(help="Show the progress bar.")] = True,
+) -> None:
+    """Features of every image (streamed to FILE, never all in memory), with image names and labels."""
+    from hicl import api
+
+    result = api.embed(target, data, stage, batch_size, split=split, out=out, progress=progress, console=console)
+    console.print(f"embedded at {result.images_per_s:.0f} img/s; wrote " + ", ".join(str(p) for p in result.files))
+
+
+@app.command("runs")
+@user_errors
+def runs_command(
+    folder: Annotated[Path, typer.Argument(metavar="DIR", help="Folder of run directories (default runs/).")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
+    compare: Annotated[
+        tuple[Path, Path] | None, typer.Option(metavar="A B", help="Two runs: their manifest difference and results side by side.")
+    ] = None,
+) -> None:
+    """The runs under DIR: method, backbone, data, epochs, state, final loss, latest linear / kNN top-1."""
+    from hicl.run_list import compare_runs, list_runs, render_comparison, render_runs
+
+    if compare is not None:
+        compared = compare_runs(*compare)
+        if as_json:
+            typer.echo(json.dumps(compared, indent=2))
+        else:
+            Console(width=None if sys.stdout.isatty() else 200).print(*render_comparison(compared))
+        return
+    summaries = list_runs(folder)
+    if as_json:
+        typer.echo(json.dumps([s.as_dict() for s in summaries], indent=2))
+    else:
+        Console(width=None if sys.stdout.isatty() else 200).print(render_runs(summaries))  # piped: one row per line
 
 
 # Typer 0.12-0.2x raise click's exceptions; later releases raise those of the click copy they vendor.

@@ -112,3 +112,26 @@ class RunLock:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.release()
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """The PID (as recorded) of the process holding `run_dir`'s lock, or None when nobody holds it.
+    Only looks: the lock file is neither created nor rewritten."""
+    path = Path(run_dir) / LOCK_NAME
+    if not path.is_file():
+        return None
+    if Path(run_dir).resolve() in RunLock._held:  # flock would not refuse this process its own lock
+        return str(os.getpid())
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        if _try_lock(fd):
+            _unlock(fd)
+            return None
+        return os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+    except OSError:
+        return "unknown"
+    finally:
+        os.close(fd)

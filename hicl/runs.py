@@ -7,6 +7,7 @@
       checkpoints/last/   the last checkpoint (its files: hicl.checkpoint)
       results/        training.png, linear-eval, kNN, probe and export outputs
       loggers.json, tensorboard/, wandb/   with runtime.loggers: the tracker runs' ids, their local files
+      outcome.json    how the last session ended (hicl.train.outcome): finished, stopped, diverged, failed
       .hicl.lock      the run lock (see hicl.lock): one writer at a time
 
 hicl deletes or rewrites only the entries above, and only after proving that each one lies inside
@@ -34,7 +35,8 @@ from hicl.checkpoint import checkpoint_progress, find_checkpoint
 from hicl.manifest import Manifest, dump_manifest, load_manifest, plugin_records
 
 # What hicl writes into a run directory; `--overwrite` removes exactly these (the lock stays: it is held).
-HICL_ENTRIES = ("manifest.yaml", "env.json", "metrics.jsonl", "checkpoints", "results", "loggers.json", "tensorboard", "wandb")
+HICL_ENTRIES = ("manifest.yaml", "env.json", "metrics.jsonl", "checkpoints", "results", "loggers.json", "tensorboard", "wandb",
+                "outcome.json")
 F = TypeVar("F", bound=Callable[..., Any])
 _locks_taken: list[RunLock] = []
 

@@ -315,7 +315,8 @@ def test_out_folder_rules(runs, tmp_path, monkeypatch):
     assert again.exit_code == 2 and "--overwrite" in again.output
     replaced = export(runs["regnet"], "timm", out, "--overwrite")
     assert replaced.exit_code == 0, replaced.output
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "export.json", "model.safetensors", "my_notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "export.json", "model.safetensors",
+                                                     "my_notes.txt"]
 
     def disk_full(*args, **kwargs):
         raise OSError("disk full")

@@ -53,6 +53,7 @@ class Batch:
     indices: Tensor  # int64 [B]: positions in the split (files) or in this reader's stream (shards)
     labels: Tensor  # int64 [B]: class labels, -1 where the split has none
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # each kept image's file or record name
 
     def pin_memory(self) -> Batch:
         """The DataLoader's pinning thread calls this: page-locked images copy to the GPU without blocking."""
@@ -124,6 +125,7 @@ def _collate(items: list[Item]) -> Batch:
         indices=torch.tensor([item[0] for item in kept], dtype=torch.int64),
         labels=torch.tensor([item[5] for item in kept], dtype=torch.int64),
         skipped=skipped,
+        names=[item[3] for item in kept],
     )
 
 
@@ -239,6 +241,14 @@ def eval_batches(
 
     Unreadable files are skipped (and counted nowhere: evaluation reports its image count instead).
     """
+    for images, labels, _ in eval_records(cfg, split, view_size, batch_size, data):
+        yield images, labels
+
+
+def eval_records(
+    cfg: SourceConfig, split: Split, view_size: int, batch_size: int = 256, data: SplitData | None = None
+) -> Iterator[tuple[Tensor, dict[str, Tensor], list[str]]]:
+    """`eval_batches` with each image's name: its file, its shard record, or `split[i]` in an array split."""
     data = data if data is not None else open_split(cfg, split)
 
     def crop(image: Tensor) -> tuple[Tensor, tuple[int, int]]:
@@ -249,22 +259,23 @@ def eval_batches(
             chunk = data.images[start : start + batch_size]
             if chunk.shape[-1] != view_size:
                 chunk = torch.stack([crop(image)[0] for image in chunk])
-            yield chunk, {h: y[start : start + batch_size] for h, y in data.labels.items()}
+            names = [f"{split}[{i}]" for i in range(start, start + len(chunk))]
+            yield chunk, {h: y[start : start + batch_size] for h, y in data.labels.items()}, names
         return
     if isinstance(data, FileSplit):
         loader = _loader(_Files(data, crop, cfg.max_pixels), cfg.workers, pin=False, batch_size=batch_size)
         for batch in loader:
             if len(batch.images):
-                yield batch.images, {"class": batch.labels} if data.num_classes else {}
+                yield batch.images, {"class": batch.labels} if data.num_classes else {}, batch.names
         return
     loader = _loader(_Shards(data, crop, cfg.max_pixels, list(range(len(data.shards))), 0, 1), cfg.workers, pin=False,
                      batch_size=batch_size)
     left = len(data)  # max_images
     for batch in loader:
-        images, labels = batch.images[:left], batch.labels[:left]
+        images, labels, names = batch.images[:left], batch.labels[:left], batch.names[:left]
         left -= len(images)
         if len(images):
-            yield images, {"class": labels} if data.num_classes else {}
+            yield images, {"class": labels} if data.num_classes else {}, names
         if left <= 0:
             return
 

@@ -95,7 +95,7 @@ def _from_export(path: Path) -> ProbeTarget:
     return ProbeTarget(path.name, _default_manifest(path.name, cfg), backbone, file_sha256(weights), None)
 
 
-def _from_model_name(name: str, weights: Path | None) -> ProbeTarget:
+def from_model_name(name: str, weights: Path | None) -> ProbeTarget:
     try:
         cfg = BackboneConfig(name=name)
     except ValidationError as exc:
@@ -127,4 +127,4 @@ def open_probe_target(target: str, weights: Path | None = None) -> ProbeTarget:
         return _from_run(open_run(path)[0].path)
     if weights is not None and not weights.is_file():
         raise HiclError(f"--weights: {weights} not found")
-    return _from_model_name(target, weights)
+    return from_model_name(target, weights)

@@ -10,6 +10,8 @@ Adding a format: one module with those two functions, one `ExportFormat` line he
 
 from __future__ import annotations
 
+import sys
+import types
 from dataclasses import dataclass
 
 
@@ -30,3 +32,16 @@ EXPORTERS: dict[str, ExportFormat] = {
         ExportFormat("hicl", "full SSL model + manifest, for `hicl pretrain --init-from`", "hicl.export.hicl_state"),
     )
 }
+
+
+class _ExportPackage(types.ModuleType):
+    """`hicl.export` is this package and also the API function `hicl.api.export`: calling it exports a run
+    (a package attribute of `hicl` cannot be a plain function without hiding the package)."""
+
+    def __call__(self, *args, **kwargs):
+        from hicl.api import export
+
+        return export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _ExportPackage

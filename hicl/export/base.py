@@ -180,6 +180,9 @@ def run_export(
     kept = {p.name for p in out.iterdir()}  # the user's own files beside an earlier export
     try:
         result = module.export(source, out, options)
+        from hicl.export.card import write_card  # the card module reads the base module's types
+
+        result.files += write_card(format_name, out, source, result)
     except BaseException:
         for path in out.iterdir():
             if path.name not in kept and path.is_file():
