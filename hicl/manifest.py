@@ -295,7 +295,8 @@ class RuntimeConfig(Section):
         None, description="also write a mid-epoch checkpoint every N steps (preemptible machines, long epochs)"
     )
     channels_last: bool = Field(
-        True, description="NHWC memory format for the network and its inputs (faster convolutions on CPU and CUDA)"
+        False, description="NHWC memory format for the network and its inputs: faster convolutions on CPU and CUDA, "
+        "but other float rounding (off by default so that existing manifests give the numbers they gave)"
     )
     compile: bool = Field(False, description="torch.compile the stage networks; graph breaks are logged")
     sync_bn: bool = Field(False, description="BatchNorm statistics over all processes under torchrun (CUDA)")
