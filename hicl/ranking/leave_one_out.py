@@ -62,8 +62,8 @@ class OpRank:
     linear_drop: Interval | None = None
 
     def record(self) -> dict[str, Any]:
-        record = {"op": self.op, "verdict": self.verdict, "knn_drop": self.drop.record(),
-                  "knn_drop_per_seed": {str(s): round(d, 3) for s, d in self.drops.items()}}
+        record = {"op": self.op, "verdict": self.verdict, "drop": self.drop.record(),
+                  "drop_per_seed": {str(s): round(d, 3) for s, d in self.drops.items()}}
         if self.linear_drop is not None:
             record["linear_drop"] = self.linear_drop.record()
         return record
@@ -71,7 +71,8 @@ class OpRank:
 
 @dataclass
 class Ranking:
-    """The ranked ops (most important first), their groups and the dropped (harmful) ones."""
+    """The ranked ops (most important first), their groups and the dropped (harmful) ones. `metric`:
+    what an op's `drop` measures (knn_top1_drop: points of kNN top-1; invariance_gain: see `probe`)."""
 
     head: str
     seeds: list[int]
@@ -79,6 +80,7 @@ class Ranking:
     ops: list[OpRank]
     groups: list[list[str]]
     pilots: list[dict[str, Any]]
+    metric: str = "knn_top1_drop"
     probe: dict[str, Any] | None = field(default=None)
 
     @property
@@ -86,7 +88,7 @@ class Ranking:
         return [o for o in self.ops if o.verdict == "harmful"]
 
     def record(self) -> dict[str, Any]:
-        return {"head": self.head, "metric": "knn_top1_percent", "seeds": self.seeds, "full": self.full.record(),
+        return {"head": self.head, "metric": self.metric, "seeds": self.seeds, "full": self.full.record(),
                 "ranking": [o.record() for o in self.ops], "groups": self.groups,
                 "dropped": [o.op for o in self.harmful], "pilots": self.pilots, "probe": self.probe}
 
@@ -116,7 +118,7 @@ def leave_one_out_pilots(request: RankRequest, base: Manifest) -> list[Pilot]:
     return [pilot_for(request, base, without, seed) for seed in request.seeds for without in [None, *ops]]
 
 
-def _failed(outcomes: list[PilotScore | PilotFailure]) -> None:
+def check_failures(outcomes: list[PilotScore | PilotFailure]) -> None:
     failures = [o for o in outcomes if isinstance(o, PilotFailure)]
     if failures:
         first = failures[0]
@@ -180,7 +182,7 @@ def rank_augmentations(request: RankRequest, on_done: Callable[[Any], None] | No
     base = request.base()
     ops = canonical(base.augment.ops)
     outcomes = run_pilots(leave_one_out_pilots(request, base), request.jobs, on_done)
-    _failed(outcomes)
+    check_failures(outcomes)
     scores = [o for o in outcomes if isinstance(o, PilotScore)]
     head = chosen_head(request, scores[0])
     full, ranked, groups = rank_ops(scores, ops, head, request.linear, feature_stage_count(base))

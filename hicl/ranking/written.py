@@ -35,7 +35,9 @@ def header(request: RankRequest, ranking: Ranking) -> list[str]:
     lines = [
         f"# hierarchy.groups measured by hicl rank-augmentations on {request.manifest} (head {ranking.head!r}, seeds "
         f"{' '.join(map(str, ranking.seeds))}, epochs {request.epochs or 'as the manifest'}, overrides: {sets}).",
-        "# Drop = kNN top-1 of the full pipeline minus that without the op, most important first:",
+        "# Drop = kNN top-1 of the full pipeline minus that without the op, most important first:"
+        if ranking.metric == "knn_top1_drop" else
+        "# Score = last-stage invariance the pilot gained over random init (invariance probe), most first:",
     ]
     lines += [f"#   {o.op}: {_span(o.drop)} -> {o.verdict}" for o in ranking.ops]
     lines += [f"# dropped {o.op}: harmful for this data, removing it raised kNN top-1 by {-o.drop.mean:.2f} points "
