@@ -18,6 +18,7 @@ import yaml
 from torchvision.io import encode_png
 from typer.testing import CliRunner
 
+from hicl.augment.op import canonical
 from hicl.cli import app
 from hicl.manifest import load_manifest
 from hicl.ranking.stats import interval, spearman, t975, tie_groups, verdict
@@ -123,3 +124,36 @@ def test_spearman_matches_the_closed_form():
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     # ties share their mean rank: ranks (1.5, 1.5, 3) against (1, 2, 3)
     assert spearman([5, 5, 7], [1, 2, 3]) == pytest.approx(0.8660254, abs=1e-6)
+
+
+@pytest.mark.parametrize("option", [["--seeds", "a"], ["--seeds", "1,1"], ["--method", "guess"]])
+def test_bad_options_are_one_line(tmp_path, option):
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("name: m\n")
+    result = runner.invoke(app, ["rank-augmentations", str(manifest), *option])
+    assert result.exit_code == 2 and result.output.startswith(f"error: {option[0]}")
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_written_manifest_drops_every_mention_of_a_harmful_op(tmp_path):
+    from hicl.ranking.leave_one_out import OpRank, Ranking, RankRequest
+    from hicl.ranking.written import write_ranked_manifest
+
+    source = tmp_path / "m.yaml"
+    source.write_text(yaml.safe_dump({
+        "name": "m", "output": {"name": "mine"},
+        "hierarchy": {"mode": "off", "stages": ["s3", "s4"], "loss_weights": [1.0, 1.0],
+                      "embeddings": {"ops": ["color_jitter", "blur"], "stages": [2]}},
+        "augment": {"ops": ["crop", "color_jitter", "blur", "flip"], "views": [{"blur": {"p": 1.0}}, {"color_jitter": {"p": 0.5}}]},
+    }))
+    drops = {"crop": [9.0, 10.0], "flip": [2.0, 2.5], "blur": [2.2, 2.1], "color_jitter": [-5.0, -6.0]}
+    ops = [OpRank(op, dict(enumerate(d)), interval(d), verdict(interval(d))) for op, d in drops.items()]
+    ranking = Ranking("class", [0, 1], interval([50.0, 51.0]), ops, [["crop"], ["flip", "blur"]], [])
+    written = write_ranked_manifest(RankRequest(source), ranking, tmp_path / "ranked.yaml")
+    ranked = load_manifest(written)
+    assert ranked.name == "m_ranked" and ranked.output.name == "mine_ranked"
+    assert ranked.augment.ops == canonical(["crop", "blur", "flip"]) and ranked.hierarchy.mode == "add_one"
+    assert ranked.hierarchy.groups == [["crop"], ["flip", "blur"]] and ranked.hierarchy.stages is None
+    assert ranked.hierarchy.embeddings.ops == ["blur"] and ranked.hierarchy.embeddings.stages == [2]
+    assert ranked.augment.views == [{"blur": {"p": 1.0}}, {}]
+    assert "#   color_jitter: -5.50 points" in written.read_text()
