@@ -104,7 +104,9 @@ def pilot_for(request: RankRequest, base: Manifest, without: str | None, seed: i
     epochs = [] if request.epochs is None else [f"schedule.epochs={request.epochs}", "schedule.warmup_epochs=0"]
     name = f"{request.run_prefix(base)}_{variant_name(without)}_s{seed}"
     overrides = (
-        *request.overrides, "hierarchy.mode=off", f"augment.ops={json.dumps(ops)}", f"augment.views={json.dumps(views)}",
+        # off: one stage, so per-stage weights and embedding stages of the manifest's hierarchy do not apply
+        *request.overrides, "hierarchy.mode=off", "hierarchy.loss_weights=null", "hierarchy.embeddings.stages=null",
+        f"augment.ops={json.dumps(ops)}", f"augment.views={json.dumps(views)}",
         f"seed={seed}", *epochs, "eval.after_pretrain=false", "eval.random_init_baseline=false", f"output.name={name}",
     )
     return Pilot(request.manifest, overrides, variant_name(without), seed, linear=request.linear)
