@@ -1,12 +1,13 @@
 """Linear-eval and kNN accuracy of one method with and without the hierarchy, over several seeds.
 
 Runs `off`, `uniform`, `add_one` without embeddings and `add_one` with colour embeddings (or the
-`--variants` named) from one base manifest, for every `--seeds` seed, each as `hicl pretrain`,
-`hicl linear-eval` and `hicl knn` in its own process. `--jobs N` runs N of them at once, each with
-`runtime.threads` = `--threads`. Extra `--set` overrides apply to every variant; `--prefix` names the
-run directories (`<prefix>_<variant>_s<seed>`); the random-init baseline is evaluated with the
-`--baseline` variant only (default: the first; it depends on the seed alone). A run whose directory already holds both results for
-the same resolved manifest is read back instead of rerun, so an interrupted comparison continues.
+`--variants` named) from one base manifest, for every `--seeds` seed, each pretrained and scored by
+linear eval and kNN (`hicl.pilots`, the runner `hicl rank-augmentations` uses too). `--jobs N` runs N
+of them at once in worker processes, each with `runtime.threads` = `--threads`. Extra `--set`
+overrides apply to every variant; `--prefix` names the run directories (`<prefix>_<variant>_s<seed>`);
+the random-init baseline is evaluated with the `--baseline` variant only (default: the first; it
+depends on the seed alone). A run whose directory already holds both results for the same resolved
+manifest is read back instead of rerun (`hicl.pilots.finished`), so an interrupted comparison continues.
 `--probe A B` also runs `hicl probe-invariance` on variant A against B (first seed). Prints one row
 per run, then mean +- sample std per variant, and writes everything to `--json`.
 """
@@ -19,13 +20,10 @@ import os
 import statistics
 import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
-
-from hicl.manifest import Manifest, load_manifest
+from hicl.manifest import load_manifest
+from hicl.pilots import Interrupted, Pilot, PilotFailure, PilotScore, run_pilots
 
 VARIANTS = {
     "off": ["hierarchy.mode=off"],
@@ -54,44 +52,23 @@ def hicl(command: list[str], log: Path) -> None:
         subprocess.run([sys.executable, "-m", "hicl", *command], check=True, stdout=f, stderr=subprocess.STDOUT, env=env)
 
 
-def finished(manifest: Manifest) -> bool:
-    """The run directory already holds both results for exactly this resolved manifest."""
-    run = manifest.run_dir
-    if not all((run / "results" / name).is_file() for name in ("linear_eval.json", "knn.json")):
-        return False
-    saved = yaml.safe_load((run / "manifest.yaml").read_text())
-    return saved == manifest.model_dump(mode="json")
+def pilot(args: argparse.Namespace, variant: str, seed: int) -> Pilot:
+    return Pilot(Path(args.manifest), tuple(run_overrides(args, variant, seed)), variant, seed, linear=True)
 
 
-def top1_by_head(result: dict, which: str) -> dict[str, float]:
-    return {h: round(100 * v[which]["top1"], 2) for h, v in result["heads"].items() if which in v}
-
-
-def run_one(args: argparse.Namespace, variant: str, seed: int) -> dict:
-    sets = run_overrides(args, variant, seed)
-    manifest = load_manifest(args.manifest, sets)
-    run = manifest.run_dir
-    log = Path(f"{run}.log")
-    train_s = None
-    if not finished(manifest):
-        set_args = [a for s in sets for a in ("--set", s)]
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text("")
-        start = time.perf_counter()
-        hicl(["pretrain", args.manifest, "--overwrite", "--no-progress", *set_args], log)
-        train_s = round(time.perf_counter() - start, 1)
-        hicl(["linear-eval", str(run)], log)
-        hicl(["knn", str(run)], log)
-    linear = json.loads((run / "results" / "linear_eval.json").read_text())
-    knn = json.loads((run / "results" / "knn.json").read_text())
-    row = {
-        "variant": variant, "seed": seed, "run": str(run), "train_s": train_s,
-        "linear": top1_by_head(linear, "pretrained"), "knn": top1_by_head(knn, "pretrained"),
-        "linear_random_init": top1_by_head(linear, "random_init"),
-        "knn_random_init": top1_by_head(knn, "random_init"),
+def row(score: PilotScore) -> dict:
+    return {
+        "variant": score.pilot.variant, "seed": score.pilot.seed, "run": str(score.run), "train_s": score.train_s,
+        "linear": score.top1("linear"), "knn": score.top1("knn"),
+        "linear_random_init": score.top1("linear", "random_init"), "knn_random_init": score.top1("knn", "random_init"),
     }
-    print(json.dumps(row), flush=True)
-    return row
+
+
+def report(outcome: PilotScore | PilotFailure) -> None:
+    if isinstance(outcome, PilotFailure):  # one failed run must not cancel the others
+        print(f"{outcome.pilot.label} failed: {outcome.message} (see {outcome.log})", file=sys.stderr, flush=True)
+    else:
+        print(json.dumps(row(outcome)), flush=True)
 
 
 def mean_std(values: list[float]) -> str:
@@ -134,17 +111,12 @@ def main() -> None:
     args = parser.parse_args()
     # the costly four-stage runs first, so that the last job to finish is a short one
     jobs = sorted(((v, s) for s in args.seeds for v in args.variants), key=lambda vs: vs[0] == "off")
-    def attempt(variant: str, seed: int) -> dict | None:
-        try:
-            return run_one(args, variant, seed)
-        except subprocess.CalledProcessError:  # one failed run must not cancel the others
-            print(f"{variant} seed {seed} failed: see {load_manifest(args.manifest, run_overrides(args, variant, seed)).run_dir}.log",
-                  file=sys.stderr, flush=True)
-            return None
-
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda vs: attempt(*vs), jobs))
-    rows = sorted((r for r in results if r is not None), key=lambda r: (args.variants.index(r["variant"]), r["seed"]))
+    try:
+        outcomes = run_pilots([pilot(args, v, s) for v, s in jobs], args.jobs, report)
+    except Interrupted as stopped:
+        sys.exit(f"{stopped}; run the same command again to continue (finished runs are reused)")
+    scores = [o for o in outcomes if isinstance(o, PilotScore)]
+    rows = sorted(map(row, scores), key=lambda r: (args.variants.index(r["variant"]), r["seed"]))
     if not rows:
         sys.exit("every run failed")
     table = summary(rows, args.variants)
@@ -158,8 +130,8 @@ def main() -> None:
         print(Path(f"{out}.log").read_text())
     if args.json:
         Path(args.json).write_text(json.dumps({"argv": sys.argv[1:], "rows": rows, "summary": table}, indent=1) + "\n")
-    if None in results:
-        sys.exit(f"{results.count(None)} run(s) failed")
+    if len(scores) < len(outcomes):
+        sys.exit(f"{len(outcomes) - len(scores)} run(s) failed")
 
 
 if __name__ == "__main__":

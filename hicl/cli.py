@@ -276,6 +276,52 @@ def plan(
         raise typer.Exit(130) from None
 
 
+def _seed_list(values: list[str] | None) -> tuple[int, ...]:
+    """`--seeds 0,1,2` (or repeated `--seeds`): distinct non-negative integers."""
+    try:
+        seeds = tuple(int(part) for value in values or ["0,1,2"] for part in value.split(",") if part.strip())
+    except ValueError:
+        raise HiclError(f"--seeds: expected integers such as 0,1,2 (got {' '.join(values or [])!r})") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise HiclError("--seeds: expected distinct non-negative integers such as 0,1,2")
+    return seeds
+
+
+@app.command("rank-augmentations")
+@user_errors
+def rank_augmentations(
+    manifest: ManifestArg,
+    set_: Overrides = None,
+    seeds: Annotated[list[str] | None, typer.Option(metavar="S,S,...", help="Seeds, comma-separated or repeated (default 0,1,2).")] = None,
+    epochs: Annotated[int | None, typer.Option(metavar="N", min=1, help="Pilot epochs (default: the manifest's; warmup off).")] = None,
+    jobs: Annotated[int, typer.Option(metavar="J", min=1, help="Pilots at the same time, each in its own process.")] = 1,
+    linear: Annotated[bool, typer.Option(help="Also score every pilot with the linear probe.")] = False,
+    method: Annotated[str, typer.Option(metavar="METHOD", help="leave-one-out (N+1 pilots per seed) or probe (one pilot per seed).")] = "leave-one-out",
+    head: Annotated[str | None, typer.Option(metavar="HEAD", help="Label head to rank on (default: the first evaluated).")] = None,
+    prefix: Annotated[str | None, typer.Option(metavar="NAME", help="Pilot run names: NAME_<variant>_s<seed> (default rank_<manifest name>).")] = None,
+    out: Annotated[Path | None, typer.Option(metavar="DIR", help="Where ranking.json and ranking.png go (default: output.dir/PREFIX).")] = None,
+    write: Annotated[Path | None, typer.Option(metavar="FILE", help="Write the manifest with the measured hierarchy here.")] = None,
+    images: Annotated[int, typer.Option(metavar="N", min=8, help="probe: held-out images.")] = 512,
+) -> None:
+    """Rank the manifest's augmentation ops by what removing each costs (kNN top-1 of short pilots)."""
+    from hicl.pilots import Interrupted
+    from hicl.ranking.leave_one_out import RankRequest
+    from hicl.ranking.run import run_ranking
+
+    if method not in ("leave-one-out", "probe"):
+        raise HiclError(f"--method: expected leave-one-out or probe (got {method!r})")
+    request = RankRequest(Path(manifest), tuple(set_ or []), _seed_list(seeds), epochs, jobs, linear, head, prefix,
+                          method.replace("-", "_"), images)
+    try:
+        tables, paths = run_ranking(request, out, write, console)
+    except Interrupted as stopped:
+        typer.echo(f"{stopped}; run the same command again to continue (finished pilots are reused)", err=True)
+        raise typer.Exit(130) from None
+    for table in tables:
+        Console().print(table)
+    console.print("wrote " + ", ".join(str(p) for p in paths))
+
+
 @app.command()
 @user_errors
 def validate(manifest: ManifestArg, set_: Overrides = None) -> None:

@@ -123,3 +123,30 @@ def save_invariance_heatmap(results: list[tuple[str, ProbeResult]], path: Path) 
     path.parent.mkdir(parents=True, exist_ok=True)
     invariance_figure(results).savefig(path)
     return path
+
+
+VERDICT_COLOURS = {"needed": "tab:blue", "unclear": "tab:gray", "harmful": "tab:red"}
+
+
+def ranking_figure(rows: list[dict[str, Any]], title: str, xlabel: str) -> Figure:
+    """Horizontal bars, most important op on top: each op's mean drop with its 95 % interval as the error
+    bar, coloured by verdict (`rows`: ranking.json's `ranking` entries)."""
+    figure = Figure(figsize=(6, 1.2 + 0.45 * len(rows)), dpi=120)
+    axes = figure.subplots()
+    drops = [r["drop"] for r in reversed(rows)]
+    errors = [[d["mean"] - d["low"] for d in drops], [d["high"] - d["mean"] for d in drops]]
+    axes.barh(range(len(rows)), [d["mean"] for d in drops], xerr=errors, capsize=4,
+              color=[VERDICT_COLOURS[r["verdict"]] for r in reversed(rows)])
+    axes.set_yticks(range(len(rows)), [f"{r['op']} ({r['verdict']})" for r in reversed(rows)])
+    axes.axvline(0.0, color="black", linewidth=0.8)
+    axes.set_xlabel(xlabel)
+    axes.set_title(title, fontsize=10)
+    axes.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def save_ranking_chart(rows: list[dict[str, Any]], title: str, xlabel: str, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ranking_figure(rows, title, xlabel).savefig(path)
+    return path
