@@ -263,16 +263,23 @@ def fit_linear_paper(
             loss.backward()
             optimizer.step()
             step += 1
+    return _score_linears(linears, stage_features, stages, test, manifest, device)
+
+
+@torch.no_grad()
+def _score_linears(
+    linears: dict[tuple[str, str], nn.Module], stage_features: StageFeatures, stages: list[str], test: ImageSet,
+    manifest: Manifest, device: torch.device,
+) -> dict[str, dict[str, ProbeScore]]:
+    """Each (stage, head) linear layer's scores on the test images, used as they are (no augmentation)."""
+    logits: dict[tuple[str, str], list[torch.Tensor]] = {key: [] for key in linears}
+    for start in range(0, len(test), 512):
+        features = stage_features(center_crop_views(test.images[start : start + 512].to(device), 1.0, manifest))
+        for (s, h), layer in linears.items():
+            logits[s, h].append(layer(features[s]).cpu())
     scores: dict[str, dict[str, ProbeScore]] = {s: {} for s in stages}
-    with torch.no_grad():
-        logits: dict[tuple[str, str], list[torch.Tensor]] = {key: [] for key in linears}
-        for start in range(0, len(test), 512):
-            views = center_crop_views(test.images[start : start + 512].to(device), 1.0, manifest)
-            features = stage_features(views)
-            for (s, h), layer in linears.items():
-                logits[s, h].append(layer(features[s]).cpu())
-        for (s, h), chunks in logits.items():
-            scores[s][h] = probe_score(torch.cat(chunks), test.labels[h], test.num_classes[h])
+    for (s, h), chunks in logits.items():
+        scores[s][h] = probe_score(torch.cat(chunks), test.labels[h], test.num_classes[h])
     return scores
 
 

@@ -22,6 +22,7 @@ import importlib.util
 import json
 import os
 import uuid
+from abc import ABC, abstractmethod
 from typing import Any
 
 from hicl.errors import HiclError
@@ -69,11 +70,12 @@ def flat_params(manifest: Manifest) -> dict[str, str]:
     return flat
 
 
-class ScalarLogger(Callback):
+class ScalarLogger(Callback, ABC):
     """Sends each step's, epoch's and kNN record to `write(values, step)`; subclasses open and close the run."""
 
+    @abstractmethod
     def write(self, values: dict[str, float], step: int) -> None:
-        raise NotImplementedError
+        """Log `values` (name -> scalar) at `step`."""
 
     def on_step_end(self, run: RunState, record: dict[str, Any] | None) -> None:
         if record is not None:
