@@ -24,7 +24,6 @@ other jobs the second is the steadier one; use `--threads 1` there). Example (do
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib.util
 import json
 import os
@@ -41,23 +40,11 @@ from torch import nn
 from hicl.augment.hierarchy import StageAugmenter, StageViews
 from hicl.manifest import Manifest, load_manifest
 from hicl.models.network import SSLModel, build_model
-from hicl.train.device import prepare_model, view_dtype
+from hicl.train.device import keep_freed_memory, prepare_model, view_dtype
 from hicl.train.optim import build_optimizer
 
 PAPER_MANIFEST = Path(__file__).resolve().parent.parent / "manifests" / "paper" / "simsiam_resnet50_224px.yaml"
 Step = Callable[[], None]
-
-
-def keep_freed_memory() -> None:
-    """glibc: serve every allocation from the heap and never give freed memory back to the OS.
-
-    By default glibc maps each allocation over 32 MiB afresh (and unmaps it when freed), so every
-    such activation of every step page-faults its memory in again; with a batch of 2B views hicl
-    crosses that size where the reference's B-row calls do not. Applies to both implementations."""
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_max = -1, -4  # mallopt parameter numbers (malloc.h)
-    if not (libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2**31 - 1)):
-        raise SystemExit("--keep-freed-memory: mallopt refused")
 
 
 def load_reference(path: Path) -> tuple[ModuleType, ModuleType]:
@@ -229,17 +216,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3)
-    parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="glibc: no fresh memory maps for large tensors (see keep_freed_memory)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.keep_freed_memory:
-        keep_freed_memory()
     device = torch.device(args.device)
     overrides = [f"data.image_size={args.size}", f"optim.batch_size={args.batch}", "runtime.precision=fp32",
                  f"runtime.device={args.device}", *args.overrides]
     manifest = load_manifest(args.manifest, overrides)
+    if manifest.runtime.keep_freed_memory:  # process-wide: the reference's steps get it too
+        keep_freed_memory()
     batch, plain_batch, embed_dim = prepared_batches(manifest, device)
     steps = reference_steps(args.reference, manifest, batch, device)
     if args.reference_channels_last:
@@ -251,7 +236,7 @@ def main() -> None:
     header = (f"torch {torch.__version__}, {where}, load average {os.getloadavg()[0]:.1f} at start; SimSiam "
               f"{manifest.backbone.name} {args.size} px, batch {args.batch}, fp32; hicl hierarchy: adapter "
               f"{manifest.hierarchy.adapter}, bn {manifest.hierarchy.bn}"
-              f"{'; glibc keeps freed memory' if args.keep_freed_memory else ''}")
+              f"{'; glibc keeps freed memory (both)' if manifest.runtime.keep_freed_memory else ''}")
     print(header, file=sys.stderr, flush=True)
     wall: dict[str, list[float]] = {name: [] for name in steps}
     cpu: dict[str, list[float]] = {name: [] for name in steps}

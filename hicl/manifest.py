@@ -298,6 +298,10 @@ class RuntimeConfig(Section):
         False, description="NHWC memory format for the network and its inputs: faster convolutions on CPU and CUDA, "
         "but other float rounding (off by default so that existing manifests give the numbers they gave)"
     )
+    keep_freed_memory: bool = Field(
+        False, description="CPU (glibc): keep freed memory in the heap instead of mapping every tensor over 32 MiB "
+        "afresh each step: faster large CPU steps, the process keeps its peak memory; process-wide"
+    )
     compile: bool = Field(False, description="torch.compile the stage networks; graph breaks are logged")
     sync_bn: bool = Field(False, description="BatchNorm statistics over all processes under torchrun (CUDA)")
     loggers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(

@@ -1,9 +1,13 @@
-"""Tests for `prepare_model` (hicl.train.device): channels_last, SyncBN with one process, graph breaks."""
+"""Tests for hicl.train.device: `prepare_model` (channels_last, SyncBN with one process, graph breaks), `configure_host`."""
 
 from __future__ import annotations
 
 import copy
+import platform
+import subprocess
+import sys
 
+import pytest
 import torch
 from torch import nn
 
@@ -66,3 +70,35 @@ def test_graph_breaks_are_counted_with_their_reason():
     out = torch.compile(breaks, backend="eager")(torch.ones(3))
     assert torch.equal(out, torch.full((3,), 3.0))
     assert sum(graph_breaks().values()) > before
+
+
+_HOST_PROBE = """
+import sys, torch
+from hicl.manifest import RuntimeConfig
+from hicl.train.device import configure_host
+
+def mapped_outside_heap(nbytes):
+    # anonymous mappings of at least nbytes that are not the brk heap
+    with open("/proc/self/maps") as maps:
+        sizes = [int(end, 16) - int(start, 16) for start, end, name in
+                 ((*line.split()[0].split("-"), line.split()[-1]) for line in maps) if name != "[heap]"]
+    return sum(size >= nbytes for size in sizes)
+
+configure_host(RuntimeConfig(device="cpu", threads=1, keep_freed_memory=sys.argv[1] == "keep"))
+before = mapped_outside_heap(48 * 2**20)
+tensor = torch.empty(64 * 2**20, dtype=torch.uint8)  # over glibc's 32 MiB ceiling for heap allocations
+print(torch.get_num_threads(), mapped_outside_heap(48 * 2**20) - before)
+"""
+
+
+def _host_probe(mode: str) -> list[int]:
+    out = subprocess.run([sys.executable, "-c", _HOST_PROBE, mode], capture_output=True, text=True, check=True)
+    return [int(value) for value in out.stdout.split()]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="keep_freed_memory configures glibc's allocator")
+def test_configure_host_sets_threads_and_keeps_large_tensors_in_the_heap():
+    threads, fresh_maps = _host_probe("default")
+    assert threads == 1 and fresh_maps == 1  # glibc maps a 64 MiB allocation on its own
+    threads, fresh_maps = _host_probe("keep")
+    assert threads == 1 and fresh_maps == 0

@@ -79,6 +79,9 @@ def test_callbacks_see_every_hook_in_order_with_the_records_of_metrics_jsonl(tmp
     assert [c[4] for c in steps if c[4] is not None] == records(run, "step")  # logging steps only: 2 and 4
     assert [c[3][0] for c in recorder.calls if c[0] == "epoch_end"] == records(run, "epoch")
     assert recorder.calls[-1] == ("run_end", None)
+    images = manifest.optim.batch_size * 2  # two steps an epoch
+    for epoch in records(run, "epoch"):  # an epoch's seconds and images/s come from one clock
+        assert epoch["seconds"] > 0 and epoch["images_per_s"] * epoch["seconds"] == pytest.approx(images, rel=1e-6)
 
 
 class StopAtStep(Callback):

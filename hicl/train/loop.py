@@ -39,7 +39,7 @@ from hicl.train.callbacks import (
 )
 from hicl.train.checkpoint import load_checkpoint, save_checkpoint
 from hicl.train.collapse import CollapseMonitor
-from hicl.train.device import autocast, prepare_model, resolve_device, view_dtype
+from hicl.train.device import autocast, configure_host, prepare_model, resolve_device, view_dtype
 from hicl.train.dist import DistEnv, gather_objects, init_distributed, mean_over_ranks, on_main, rank_seed, shutdown, wrap_ddp
 from hicl.train.health import check_health
 from hicl.train.loggers import check_loggers, logger_callbacks
@@ -127,8 +127,7 @@ def pretrain(
 ) -> PretrainResult:
     """Train as the manifest says, in this process or, under torchrun, as one rank of the job.
     `callbacks` run on rank 0 after the built-in ones that log (see hicl.train.callbacks)."""
-    if manifest.runtime.threads:
-        torch.set_num_threads(manifest.runtime.threads)
+    configure_host(manifest.runtime)
     env, device = init_distributed(resolve_device(manifest.runtime))
     try:
         return _pretrain(manifest, env, device, resume, overwrite, console or Console(stderr=True, soft_wrap=True), show_progress,
@@ -330,13 +329,15 @@ class Trainer:
                 "stage_losses": stage_values, "images_per_s": self.seen / (time.perf_counter() - self.tick)}
 
     def epoch_record(self) -> dict[str, Any]:
-        """The epoch's mean losses over ranks (checked finite) and its images/s."""
+        """The epoch's mean losses over ranks (checked finite), its images/s and seconds (this process's
+        part of it, after a mid-epoch resume)."""
         state, steps = self.state, self.state.steps_per_epoch
-        rate = self.seen / (time.perf_counter() - self.tick)
+        seconds = time.perf_counter() - self.tick
+        rate = self.seen / seconds
         loss = check_finite(mean_over_ranks(self.loss_sum).item() / steps, state.step)
         stages = (mean_over_ranks(self.stage_sum) / steps).tolist()
         return {"kind": "epoch", "epoch": state.epoch, "step": state.step, "lr": state.lr, "loss": loss,
-                "stage_losses": stages, "images_per_s": rate}
+                "stage_losses": stages, "images_per_s": rate, "seconds": seconds}
 
     def save(self, epochs_done: int, epoch_step: int) -> None:
         """A checkpoint after `epochs_done` epochs and `epoch_step` steps of the next (0: at an epoch end)."""

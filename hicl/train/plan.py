@@ -213,10 +213,11 @@ def plan_and_report(manifest: Manifest, console: Console, fit_batch: bool = Fals
     """`hicl plan`: measure (and with `fit_batch`, search the batch) on this process's device; rank 0 prints."""
     from rich.table import Table
 
-    from hicl.train.device import resolve_device
+    from hicl.train.device import configure_host, resolve_device
     from hicl.train.dist import init_distributed, shutdown
     from hicl.train.optim import scaled_lr
 
+    configure_host(manifest.runtime)
     env, device = init_distributed(resolve_device(manifest.runtime))
     try:
         if fit_batch:
