@@ -16,6 +16,7 @@ from rich.console import Console
 
 from hicl.errors import HiclError
 from hicl.export import EXPORTERS
+from hicl.run_list import check_run_target
 
 app = typer.Typer(
     help="Hierarchical augmentation invariance with expanded views: self-supervised pretraining of timm backbones.",
@@ -159,6 +160,7 @@ def linear_eval_command(
     no_verify: NoVerify = False,
 ) -> None:
     """Linear classifiers on frozen features, per label head and stage; writes results/linear_eval.json."""
+    check_run_target(run)
     from hicl import api
     from hicl.evaluate.linear import render_linear_eval
 
@@ -174,6 +176,7 @@ def knn(
     stage: Annotated[str | None, typer.Option(metavar="STAGE", help="last, all, a 1-based stage index or name (eval.stage).")] = None,
 ) -> None:
     """Weighted kNN (eval.knn_k, eval.knn_temperature) on frozen features; writes results/knn.json."""
+    check_run_target(run)
     from hicl import api
     from hicl.evaluate.linear import render_linear_eval
 
@@ -197,6 +200,7 @@ def export(
     no_verify: NoVerify = False,
 ) -> None:
     """Export the pretrained backbone (or the whole model) for another tool; prints the files written."""
+    check_run_target(run)
     from hicl import api
     from hicl.export.base import human_size
 
@@ -212,6 +216,7 @@ def export(
 @user_errors
 def plot(run: RunArg) -> None:
     """Redraw results/training.png (loss per stage, lr, kNN top-1) of a run, finished or still going."""
+    check_run_target(run)
     from hicl.plots import save_training_plot
     from hicl.runs import open_run
     from hicl.train.loop import TRAINING_PLOT

@@ -18,6 +18,16 @@ from hicl.lock import lock_holder
 from hicl.safe_yaml import read_yaml_file
 
 OUTCOME = "outcome.json"
+MANIFEST = "manifest.yaml"
+
+
+def check_run_target(target: Path) -> None:
+    """`target` is a run directory (with its manifest.yaml) or a manifest file; else a one-line error,
+    found before a command imports torch."""
+    if not target.exists():
+        raise HiclError(f"{target}: no such run directory or manifest")
+    if target.is_dir() and not (target / MANIFEST).is_file():
+        raise HiclError(f"{target}: not a hicl run directory (no {MANIFEST})")
 
 
 @dataclass(frozen=True)
@@ -89,9 +99,9 @@ def _state(run: Path, outcome: dict[str, Any] | None, has_checkpoint: bool) -> s
 
 def summarize_run(run: Path) -> RunSummary:
     """The row of one run directory."""
-    manifest = read_yaml_file(run / "manifest.yaml")
+    manifest = read_yaml_file(run / MANIFEST)
     if not isinstance(manifest, dict):
-        raise HiclError(f"{run / 'manifest.yaml'}: not a manifest")
+        raise HiclError(f"{run / MANIFEST}: not a manifest")
 
     def field(section: str, key: str, default: Any = "?") -> Any:
         value = manifest.get(section)
@@ -119,14 +129,14 @@ def list_runs(folder: Path) -> list[RunSummary]:
     folder = Path(folder)
     if not folder.is_dir():
         raise HiclError(f"{folder}: no such folder of runs")
-    if (folder / "manifest.yaml").is_file():
+    if (folder / MANIFEST).is_file():
         return [summarize_run(folder)]
-    return [summarize_run(p) for p in sorted(folder.iterdir()) if (p / "manifest.yaml").is_file()]
+    return [summarize_run(p) for p in sorted(folder.iterdir()) if (p / MANIFEST).is_file()]
 
 
 def compare_runs(a: Path, b: Path) -> dict[str, Any]:
     """The manifest keys whose values differ (dotted key -> [a's, b's]) and both runs' rows."""
-    flat = [_flatten(read_yaml_file(Path(run) / "manifest.yaml")) for run in (a, b)]
+    flat = [_flatten(read_yaml_file(Path(run) / MANIFEST)) for run in (a, b)]
     keys = sorted(set(flat[0]) | set(flat[1]))
     differ = {k: [flat[0].get(k), flat[1].get(k)] for k in keys if flat[0].get(k) != flat[1].get(k) and k != "name"}
     return {"manifest": differ, "runs": [summarize_run(Path(a)).as_dict(), summarize_run(Path(b)).as_dict()]}

@@ -33,9 +33,10 @@ from hicl.errors import HiclError
 from hicl.lock import LOCK_NAME, RunLock
 from hicl.checkpoint import checkpoint_progress, find_checkpoint
 from hicl.manifest import Manifest, dump_manifest, load_manifest, plugin_records
+from hicl.run_list import MANIFEST, check_run_target
 
 # What hicl writes into a run directory; `--overwrite` removes exactly these (the lock stays: it is held).
-HICL_ENTRIES = ("manifest.yaml", "env.json", "metrics.jsonl", "checkpoints", "results", "loggers.json", "tensorboard", "wandb",
+HICL_ENTRIES = (MANIFEST, "env.json", "metrics.jsonl", "checkpoints", "results", "loggers.json", "tensorboard", "wandb",
                 "outcome.json")
 F = TypeVar("F", bound=Callable[..., Any])
 _locks_taken: list[RunLock] = []
@@ -45,7 +46,7 @@ class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
 
-        self.manifest_path = self.path / "manifest.yaml"
+        self.manifest_path = self.path / MANIFEST
         self.env_path = self.path / "env.json"
         self.metrics_path = self.path / "metrics.jsonl"
         self.checkpoints = self.path / "checkpoints"
@@ -194,12 +195,9 @@ def releases_run_locks(fn: F) -> F:
 def open_run(target: Path | str, overrides: list[str] | None = None) -> tuple[RunDir, Manifest]:
     """A run from its directory (its resolved manifest) or from the manifest that names it."""
     target = Path(target)
-    if not target.exists():
-        raise HiclError(f"{target}: no such run directory or manifest")
+    check_run_target(target)
     if target.is_dir():
         run = RunDir(target)
-        if not run.manifest_path.is_file():
-            raise HiclError(f"{target}: not a hicl run directory (no manifest.yaml)")
         return run, load_manifest(run.manifest_path, overrides)
     manifest = load_manifest(target, overrides)
     return RunDir(manifest.run_dir), manifest

@@ -44,3 +44,12 @@ def test_scanned_timm_names_are_timms_own():
     assert timm_model_names() == frozenset(timm.list_models())
     for name in ("resnet18", "resnet18.a1_in1k", "vit_tiny_patch16_224", "resnet1", "not_a_model"):
         assert is_timm_model(name) == timm.is_model(name), name
+
+
+@pytest.mark.parametrize("argv", [["linear-eval", "no/such/run"], ["knn", "tests"], ["export", "no/such/run", "--out", "x"],
+                                  ["plot", "tests"]])
+def test_a_missing_run_is_reported_before_torch_loads(argv):
+    script = _LOADED_AFTER.format(statement=f"from hicl.cli import run\ntry:\n    run({argv!r})\nexcept SystemExit:\n    pass")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "none"
+    assert result.stderr.startswith(f"error: {argv[1]}: ") and len(result.stderr.strip().splitlines()) == 1
