@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from hicl.errors import HiclError
-from hicl.export import EXPORTERS
+from hicl.export import EXPORTERS, check_format_name
 from hicl.run_list import check_run_target
 
 app = typer.Typer(
@@ -190,7 +190,7 @@ def export(
     out: Annotated[Path, typer.Option(metavar="DIR", help="Output folder (new or empty; an earlier export only with --overwrite).")],
     format: Annotated[
         str,
-        # the choices come from the exporter registry; an unknown one is a one-line error (run_export)
+        # the choices come from the exporter registry; an unknown one is a one-line error (check_format_name)
         typer.Option(metavar="FORMAT", help="; ".join(f"{f.name}: {f.summary}" for f in EXPORTERS.values()) + "."),
     ] = "timm",
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier export in --out (only its files).")] = False,
@@ -200,6 +200,7 @@ def export(
     no_verify: NoVerify = False,
 ) -> None:
     """Export the pretrained backbone (or the whole model) for another tool; prints the files written."""
+    check_format_name(format)
     check_run_target(run)
     from hicl import api
     from hicl.export.base import human_size

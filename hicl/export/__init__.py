@@ -14,6 +14,8 @@ import sys
 import types
 from dataclasses import dataclass
 
+from hicl.errors import HiclError
+
 
 @dataclass(frozen=True)
 class ExportFormat:
@@ -32,6 +34,12 @@ EXPORTERS: dict[str, ExportFormat] = {
         ExportFormat("hicl", "full SSL model + manifest, for `hicl pretrain --init-from`", "hicl.export.hicl_state"),
     )
 }
+
+
+def check_format_name(name: str) -> None:
+    """Refuse an unknown `--format` in one line, before torch or the run is touched."""
+    if name not in EXPORTERS:
+        raise HiclError(f"--format: unknown format {name!r}; expected one of {', '.join(EXPORTERS)}")
 
 
 class _ExportPackage(types.ModuleType):

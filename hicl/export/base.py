@@ -21,7 +21,7 @@ from torch import nn
 import hicl
 from hicl.checkpoint import Checkpoint, find_checkpoint, open_checkpoint
 from hicl.errors import HiclError
-from hicl.export import EXPORTERS
+from hicl.export import EXPORTERS, check_format_name
 from hicl.manifest import Manifest, dump_manifest
 from hicl.models.backbone import create_backbone
 from hicl.runs import RunDir, open_run
@@ -154,8 +154,7 @@ def prepare_out(out: Path, overwrite: bool) -> None:
 
 
 def exporter(name: str) -> Exporter:
-    if name not in EXPORTERS:
-        raise HiclError(f"--format: unknown format {name!r}; expected one of {', '.join(EXPORTERS)}")
+    check_format_name(name)
     return importlib.import_module(EXPORTERS[name].module)  # type: ignore[return-value]
 
 
