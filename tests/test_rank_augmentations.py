@@ -135,6 +135,22 @@ def test_bad_options_are_one_line(tmp_path, option):
     assert len(result.output.strip().splitlines()) == 1
 
 
+def test_ops_never_applied_are_those_with_p_0_in_both_views(tmp_path):
+    from hicl.ranking.leave_one_out import never_applied
+
+    def named(augment: dict) -> list[str]:
+        path = tmp_path / "m.yaml"
+        path.write_text(yaml.safe_dump({"name": "m", "augment": augment}))
+        return never_applied(load_manifest(path))
+
+    ops = ["crop", "color_jitter", "blur", "flip"]
+    assert named({"ops": ops}) == []
+    assert named({"ops": ops, "blur": {"p": 0.0}, "flip": {"p": 0.0}}) == canonical(["blur", "flip"])
+    # a view that applies it makes the op count
+    assert named({"ops": ops, "blur": {"p": 0.0}, "views": [{"blur": {"p": 1.0}}, {}]}) == []
+    assert named({"ops": ops, "views": [{"blur": {"p": 0.0}}, {"blur": {"p": 0.0}}]}) == ["blur"]
+
+
 def test_written_manifest_drops_every_mention_of_a_harmful_op(tmp_path):
     from hicl.ranking.leave_one_out import OpRank, Ranking, RankRequest
     from hicl.ranking.written import write_ranked_manifest

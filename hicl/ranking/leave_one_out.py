@@ -120,6 +120,13 @@ def leave_one_out_pilots(request: RankRequest, base: Manifest) -> list[Pilot]:
     return [pilot_for(request, base, without, seed) for seed in request.seeds for without in [None, *ops]]
 
 
+def never_applied(base: Manifest) -> list[str]:
+    """Ops of the pipeline whose probability `p` is 0 in both views: their leave-one-out pilot trains the
+    full pipeline, so their drop measures only the seeds' noise (a control, not an importance)."""
+    views = [base.augment.view(0), base.augment.view(1)]
+    return [op for op in canonical(base.augment.ops) if all(getattr(getattr(v, op), "p", None) == 0 for v in views)]
+
+
 def check_failures(outcomes: list[PilotScore | PilotFailure]) -> None:
     failures = [o for o in outcomes if isinstance(o, PilotFailure)]
     if failures:

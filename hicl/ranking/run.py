@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hicl.pilots import PilotFailure, PilotScore
-from hicl.ranking.leave_one_out import RankRequest, rank_augmentations
+from hicl.ranking.leave_one_out import RankRequest, never_applied, rank_augmentations
 from hicl.ranking.report import render_ranking, write_ranking
 from hicl.ranking.written import write_ranked_manifest
 
@@ -46,6 +46,9 @@ def run_ranking(
         ranking, agreement = rank_by_probe(request, PilotProgress(console, len(request.seeds)), console)
         ranking.probe = agreement
     else:
+        for op in never_applied(base):
+            console.print(f"note: {op} has p 0 in both views, so its pilot trains the full pipeline; "
+                          "its drop is the noise floor of these seeds, not an importance")
         per_seed = len(base.augment.ops) + 1
         ranking = rank_augmentations(request, PilotProgress(console, per_seed * len(request.seeds)))
     paths = write_ranking(ranking, out, extra)
