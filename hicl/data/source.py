@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal
 
 from hicl.data.base import SourceConfig
 from hicl.lazy import lazy_import
+from hicl.registry import Registry
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -71,7 +72,7 @@ class SourceEntry:
     open: Opener
 
 
-SOURCES: dict[str, SourceEntry] = {}
+SOURCES: Registry[SourceEntry] = Registry("data source")
 
 
 def register(config: type[SourceConfig]) -> Callable[[Opener], Opener]:
@@ -79,7 +80,7 @@ def register(config: type[SourceConfig]) -> Callable[[Opener], Opener]:
     name = config.model_fields["source"].default
 
     def decorate(open_split: Opener) -> Opener:
-        SOURCES[name] = SourceEntry(config, open_split)
+        SOURCES.register(name, SourceEntry(config, open_split))
         return open_split
 
     return decorate

@@ -7,8 +7,6 @@ package, not when a manifest is read: `hicl validate` never loads torch.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Any
 
 from hicl.methods.configs import DEFAULT_METHOD, METHOD_CONFIGS, MethodConfig, default_method_config, method_config_union
@@ -17,8 +15,9 @@ from hicl.methods.configs import DEFAULT_METHOD, METHOD_CONFIGS, MethodConfig, d
 def __getattr__(name: str) -> Any:
     if name not in ("METHODS", "Method"):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    for module in pkgutil.iter_modules(__path__):
-        importlib.import_module(f"{__name__}.{module.name}")
+    from hicl.registry import import_package
+
+    import_package(__name__)
     from hicl.methods.base import Method
     from hicl.methods.registry import METHODS
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, TypeVar
 
 from hicl.methods.configs import METHOD_CONFIGS
+from hicl.registry import Registry
 
 if TYPE_CHECKING:
     from hicl.methods.base import Method
 
-METHODS: dict[str, type[Method]] = {}
+METHODS: Registry[type[Method]] = Registry("method")
 
 M = TypeVar("M", bound="type[Method]")
 
@@ -25,9 +26,6 @@ def method_name(cls: type[Method]) -> str:
 
 def register(cls: M) -> M:
     name = method_name(cls)
-    if name in METHODS:
-        raise ValueError(f"method {name!r} registered twice ({METHODS[name].__qualname__}, {cls.__qualname__})")
     if METHOD_CONFIGS.get(name) is not cls.Config:
         raise ValueError(f"method {name!r}: its Config must be the one in hicl.methods.configs")
-    METHODS[name] = cls
-    return cls
+    return METHODS.register(name, cls)
