@@ -33,6 +33,7 @@ from reference_compare import PAPER_MANIFEST, hicl_model, load_reference, prepar
 from hicl.augment.hierarchy import StageViews
 from hicl.manifest import Manifest, load_manifest
 from hicl.models.network import SSLModel
+from hicl.train.device import keep_freed_memory
 
 PART = "part: "
 
@@ -180,6 +181,8 @@ def main() -> None:
     device = torch.device("cpu")
     manifest = load_manifest(args.manifest, [f"data.image_size={args.size}", f"optim.batch_size={args.batch}",
                                              "runtime.precision=fp32", "runtime.device=cpu", *args.overrides])
+    if manifest.runtime.keep_freed_memory:  # process-wide, as in reference_compare: the reference gets it too
+        keep_freed_memory()
     batch, _, embed_dim = prepared_batches(manifest, device)
     print(f"torch {torch.__version__}, cpu, {args.threads} threads, load average {os.getloadavg()[0]:.1f}; "
           f"{manifest.backbone.name} {args.size} px, batch {args.batch}, fp32")

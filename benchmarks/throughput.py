@@ -31,7 +31,7 @@ import torch
 from hicl.augment.hierarchy import StageAugmenter
 from hicl.manifest import Manifest, load_manifest
 from hicl.models.network import build_model
-from hicl.train.device import graph_breaks, prepare_model, view_dtype
+from hicl.train.device import configure_host, graph_breaks, prepare_model, view_dtype
 from hicl.train.loop import train_step
 from hicl.train.optim import build_optimizer
 
@@ -100,6 +100,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     base = load_manifest(args.manifest, [*args.overrides, f"runtime.device={args.device}"])
+    configure_host(base.runtime)  # threads and allocator as `hicl pretrain` sets them
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     header = (f"torch {torch.__version__}, {where}; {base.method.name}, {base.backbone.name} "
               f"{base.data.image_size} px, batch {base.optim.batch_size}, {base.runtime.precision}, "
