@@ -37,14 +37,12 @@ def measure_plan(manifest: str, overrides: list[str], steps: int) -> dict:
 
 
 def measure_run(manifest: str, overrides: list[str]) -> dict:
-    import hicl.train.loop  # noqa: F401  (the imports the plan's baseline also holds)
-    import hicl.train.plan  # noqa: F401
     from hicl import pretrain
-    from hicl.train.plan import _peak_rss_bytes, _rss_bytes
+    from hicl.train.plan import peak_rss_bytes, rss_bytes  # loads what the plan's baseline holds (torch, timm, loop)
 
-    before = _rss_bytes()
+    before = rss_bytes()
     done = pretrain(manifest, overrides, overwrite=True)
-    growth = _peak_rss_bytes() - before
+    growth = peak_rss_bytes() - before
     records = [json.loads(line) for line in (done.run_dir / "metrics.jsonl").read_text().splitlines()]
     seconds = [record["seconds"] for record in records if record.get("kind") == "epoch"]
     return {"epoch_seconds": seconds, "growth_bytes": growth}

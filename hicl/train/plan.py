@@ -110,12 +110,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * resource.getpagesize()
 
 
-def _peak_rss_bytes() -> int:
+def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 
 
@@ -158,7 +158,7 @@ def _feature_cache_bytes(trainer: Trainer) -> int:
 
 def plan_run(manifest: Manifest, env: DistEnv, device: torch.device, warmup: int = 2, steps: int = 5) -> Plan:
     """Measure `manifest` as it would run on `device` (see the module docstring)."""
-    rss_before = _rss_bytes()
+    rss_before = rss_bytes()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     trainer = setup(manifest, env, device, RunDir(manifest.run_dir), Console(stderr=True), None)
@@ -173,7 +173,7 @@ def plan_run(manifest: Manifest, env: DistEnv, device: torch.device, warmup: int
         peak = growth = torch.cuda.max_memory_allocated(device)
         kind = "CUDA allocator peak"
     else:
-        peak = _peak_rss_bytes()
+        peak = peak_rss_bytes()
         growth, kind = max(0, peak - rss_before), "peak RSS"
     return Plan(manifest.optim.batch_size, env.world_size, str(device), trainer.state.steps_per_epoch,
                 manifest.schedule.epochs, step_s, model_step_s, peak, growth, kind, _checkpoint_bytes(trainer),
