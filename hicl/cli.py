@@ -308,6 +308,7 @@ def rank_augmentations(
     out: Annotated[Path | None, typer.Option(metavar="DIR", help="Where ranking.json and ranking.png go (default: output.dir/PREFIX).")] = None,
     write: Annotated[Path | None, typer.Option(metavar="FILE", help="Write the manifest with the measured hierarchy here.")] = None,
     images: Annotated[int, typer.Option(metavar="N", min=8, help="probe: held-out images.")] = 512,
+    interval: Annotated[str, typer.Option(metavar="KIND", help="95 % intervals over seeds: normal (mean ± 1.96 sd/√n) or student (t quantile: wider with few seeds).")] = "normal",
 ) -> None:
     """Rank the manifest's augmentation ops by what removing each costs (kNN top-1 of short pilots)."""
     from hicl.pilots import Interrupted
@@ -316,8 +317,10 @@ def rank_augmentations(
 
     if method not in ("leave-one-out", "probe"):
         raise HiclError(f"--method: expected leave-one-out or probe (got {method!r})")
+    if interval not in ("normal", "student"):
+        raise HiclError(f"--interval: expected normal or student (got {interval!r})")
     request = RankRequest(Path(manifest), tuple(set_ or []), _seed_list(seeds), epochs, jobs, linear, head, prefix,
-                          method.replace("-", "_"), images)
+                          method.replace("-", "_"), images, interval == "student")
     try:
         tables, paths = run_ranking(request, out, write, console)
     except Interrupted as stopped:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import colorsys
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,19 @@ def test_hue_jitter_ranks_harmful_and_is_dropped(tmp_path):
     assert again.exit_code == 0, again.output
     assert again.output.count("(reused)") == 6 and "pretrained in" not in again.output
 
+    # the same pilots with Student's intervals: same means and sds, widths 2 t_{0.975, n-1} sd / sqrt(n)
+    student = runner.invoke(app, [*args[:4], "--interval", "student", "--out", str(tmp_path / "student")])
+    assert student.exit_code == 0, student.output
+    assert "Student's t" in student.output and "pretrained in" not in student.output
+    wide = json.loads((tmp_path / "student" / "ranking.json").read_text())
+    assert wide["interval"] == "student" and ranking["interval"] == "normal"
+    for normal_row, student_row in zip(ranking["ranking"], wide["ranking"]):
+        normal_drop, student_drop = normal_row["drop"], student_row["drop"]
+        assert (student_drop["mean"], student_drop["sd"]) == (normal_drop["mean"], normal_drop["sd"])
+        sd, n = normal_drop["sd"], normal_drop["n"]
+        assert normal_drop["high"] - normal_drop["low"] == pytest.approx(2 * 1.959964 * sd / n**0.5, abs=0.01)
+        assert student_drop["high"] - student_drop["low"] == pytest.approx(2 * t975(n - 1) * sd / n**0.5, abs=0.02)
+
 
 def test_interval_normal_and_students():
     # mean 2, sd 1 over 3 values: half-width 1.96 / sqrt(3), or t_{0.975, 2} / sqrt(3) = 4.303 / 1.732
@@ -105,6 +119,9 @@ def test_interval_normal_and_students():
     assert drop.high - drop.mean == pytest.approx(1.959964 / 3**0.5, abs=1e-9)
     assert interval([1.0, 2.0, 3.0], student=True).low == pytest.approx(2.0 - 4.303 / 3**0.5, abs=1e-9)
     assert interval([5.0]).low == interval([5.0]).high == 5.0
+    # the table against the closed forms for 1 and 2 degrees of freedom: tan(pi (p - 1/2)), (2p - 1) / sqrt(2p(1 - p))
+    assert t975(1) == pytest.approx(math.tan(math.pi * 0.475), abs=1e-3)
+    assert t975(2) == pytest.approx(0.95 / math.sqrt(2 * 0.975 * 0.025), abs=1e-3)
     # the expansion beyond the table meets the table's last entries (t_{0.975, 30} = 2.042, df 60: 2.000)
     assert t975(31) == pytest.approx(2.040, abs=2e-3) and t975(60) == pytest.approx(2.000, abs=2e-3)
 
@@ -126,7 +143,7 @@ def test_spearman_matches_the_closed_form():
     assert spearman([5, 5, 7], [1, 2, 3]) == pytest.approx(0.8660254, abs=1e-6)
 
 
-@pytest.mark.parametrize("option", [["--seeds", "a"], ["--seeds", "1,1"], ["--method", "guess"]])
+@pytest.mark.parametrize("option", [["--seeds", "a"], ["--seeds", "1,1"], ["--method", "guess"], ["--interval", "wide"]])
 def test_bad_options_are_one_line(tmp_path, option):
     manifest = tmp_path / "m.yaml"
     manifest.write_text("name: m\n")

@@ -3,8 +3,8 @@
 For every seed, short pilot pretrainings of the manifest's plain method (hierarchy off) run with the
 full pipeline (`augment.ops`) and with the full pipeline minus each op in turn (`hicl.pilots`), each
 scored by weighted kNN top-1 (and linear top-1 with `linear`) on the label head `head`. An op's
-importance is its drop, score(full) - score(without the op), paired by seed, with Student's 95 %
-interval over the seeds (`hicl.ranking.stats`). Ops are ranked by the mean drop; an op whose interval
+importance is its drop, score(full) - score(without the op), paired by seed, with a 95 % interval
+over the seeds (`hicl.ranking.stats`: the normal approximation, or Student's t with `student`). Ops are ranked by the mean drop; an op whose interval
 lies below zero is harmful for this data (removing it helps). Finished pilots are reused on a rerun.
 """
 
@@ -30,7 +30,8 @@ Method = Literal["leave_one_out", "probe"]
 class RankRequest:
     """What to rank: a manifest (and `--set` overrides), the seeds, the pilots' epochs (None: the
     manifest's), parallel jobs, the linear probe too, the head to rank on (None: the first evaluated),
-    the run-directory prefix of the pilots (None: rank_<manifest name>) and the method."""
+    the run-directory prefix of the pilots (None: rank_<manifest name>), the method, the probe's images
+    and the kind of interval (`student`: Student's t, wider with few seeds; else the normal approximation)."""
 
     manifest: Path
     overrides: tuple[str, ...] = ()
@@ -42,6 +43,7 @@ class RankRequest:
     prefix: str | None = None
     method: Method = "leave_one_out"
     probe_images: int = 512
+    student: bool = False
 
     def base(self) -> Manifest:
         """The manifest with the user's overrides, before any pilot's."""
@@ -82,13 +84,15 @@ class Ranking:
     pilots: list[dict[str, Any]]
     metric: str = "knn_top1_drop"
     probe: dict[str, Any] | None = field(default=None)
+    student: bool = False
 
     @property
     def harmful(self) -> list[OpRank]:
         return [o for o in self.ops if o.verdict == "harmful"]
 
     def record(self) -> dict[str, Any]:
-        return {"head": self.head, "metric": self.metric, "seeds": self.seeds, "full": self.full.record(),
+        return {"head": self.head, "metric": self.metric, "seeds": self.seeds,
+                "interval": "student" if self.student else "normal", "full": self.full.record(),
                 "ranking": [o.record() for o in self.ops], "groups": self.groups,
                 "dropped": [o.op for o in self.harmful], "pilots": self.pilots, "probe": self.probe}
 
@@ -157,21 +161,22 @@ def _drops(table: dict[str, dict[int, float]], op: str) -> dict[int, float]:
 
 
 def rank_ops(
-    outcomes: list[PilotScore], ops: list[str], head: str, linear: bool, max_groups: int | None
+    outcomes: list[PilotScore], ops: list[str], head: str, linear: bool, max_groups: int | None, student: bool = False
 ) -> tuple[Interval, list[OpRank], list[list[str]]]:
-    """The full pipeline's score, the ops ranked by mean kNN drop, and the groups of the non-harmful ones."""
+    """The full pipeline's score, the ops ranked by mean kNN drop, and the groups of the non-harmful ones
+    (intervals by Student's t with `student`)."""
     knn = _top1_table(outcomes, head, "knn")
     lin = _top1_table(outcomes, head, "linear") if linear else None
     ranked = []
     for op in ops:
         drops = _drops(knn, op)
-        drop = interval(list(drops.values()))
-        linear_drop = interval(list(_drops(lin, op).values())) if lin is not None else None
+        drop = interval(list(drops.values()), student)
+        linear_drop = interval(list(_drops(lin, op).values()), student) if lin is not None else None
         ranked.append(OpRank(op, drops, drop, verdict(drop), linear_drop))
     ranked.sort(key=lambda o: -o.drop.mean)
     kept = [o.op for o in ranked if o.verdict != "harmful"]
     groups = tie_groups(kept, {o.op: o.drop for o in ranked}, max_groups)
-    return interval(list(knn[FULL].values())), ranked, groups
+    return interval(list(knn[FULL].values()), student), ranked, groups
 
 
 def pilot_record(score: PilotScore) -> dict[str, Any]:
@@ -194,5 +199,6 @@ def rank_augmentations(request: RankRequest, on_done: Callable[[Any], None] | No
     check_failures(outcomes)
     scores = [o for o in outcomes if isinstance(o, PilotScore)]
     head = chosen_head(request, scores[0])
-    full, ranked, groups = rank_ops(scores, ops, head, request.linear, feature_stage_count(base))
-    return Ranking(head, list(request.seeds), full, ranked, groups, [pilot_record(s) for s in scores])
+    full, ranked, groups = rank_ops(scores, ops, head, request.linear, feature_stage_count(base), request.student)
+    return Ranking(head, list(request.seeds), full, ranked, groups, [pilot_record(s) for s in scores],
+                   student=request.student)

@@ -85,11 +85,11 @@ def rank_by_probe(
             per_seed.setdefault(op, {})[score.pilot.seed] = gain
     ranked = []
     for op, gains in per_seed.items():
-        gain = interval(list(gains.values()))
+        gain = interval(list(gains.values()), request.student)
         ranked.append(OpRank(op, gains, gain, "needed" if gain.low > 0 else "unclear"))
     ranked.sort(key=lambda o: -o.drop.mean)
     groups = tie_groups([o.op for o in ranked], {o.op: o.drop for o in ranked}, feature_stage_count(base))
     head = chosen_head(request, scores[0])
-    ranking = Ranking(head, list(request.seeds), interval([s.top1()[head] for s in scores]), ranked, groups,
-                      [pilot_record(s) for s in scores], metric="invariance_gain")
+    ranking = Ranking(head, list(request.seeds), interval([s.top1()[head] for s in scores], request.student), ranked,
+                      groups, [pilot_record(s) for s in scores], metric="invariance_gain", student=request.student)
     return ranking, agreement(request, base, ranked, head)

@@ -29,8 +29,10 @@ def render_ranking(ranking: Ranking) -> Table:
     Spearman's rho against leave-one-out when the probe ranking has one."""
     linear = any(o.linear_drop is not None for o in ranking.ops)
     full = ranking.full
+    kind = "Student's t" if ranking.student else "normal approximation"
     table = Table(title=f"augmentation ranking ({METRICS[ranking.metric][2]}), head {ranking.head} (full pipeline kNN "
-                        f"top-1 {full.mean:.2f} ± {full.sd:.2f} %, {full.n} seed{'s' * (full.n != 1)})")
+                        f"top-1 {full.mean:.2f} ± {full.sd:.2f} %, {full.n} seed{'s' * (full.n != 1)}; 95 % intervals: "
+                        f"{kind})")
     columns = ["rank", "op", METRICS[ranking.metric][0], *(["linear drop [95 %]"] if linear else []), "verdict", "group"]
     for column in columns:
         table.add_column(column, justify="right" if "[" in column or column == "rank" else "left")
