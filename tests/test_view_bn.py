@@ -65,3 +65,36 @@ def test_a_batch_that_is_not_whole_views_is_refused():
     _, per_view = _layers("1d", True, 0.1)
     with view_batches(ROWS), pytest.raises(ValueError, match="whole number"):
         per_view(torch.randn(ROWS * 2 + 1, 5, dtype=torch.float64))
+
+
+def test_a_bfloat16_input_with_float32_parameters_matches_float64_per_view():
+    """The reduced-precision path (bf16 activations, float32 weights and statistics, as under autocast on a
+    GPU): output, input gradient, weight gradient and running statistics of the per-view layer equal a
+    float64 computation of plain calls per view, to bf16's precision (8 bits of mantissa)."""
+    plain = nn.BatchNorm2d(5)
+    with torch.no_grad():
+        plain.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(1))
+    per_view, exact = convert_per_view(copy.deepcopy(plain)), copy.deepcopy(plain).double()
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(VIEWS * ROWS, 5, 3, 3, generator=gen) * 2 + 1).to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(x.shape, generator=gen).to(torch.bfloat16)
+    x_exact, x_view = x.double().requires_grad_(), x.clone().requires_grad_()
+    expected = torch.cat([exact(chunk) for chunk in x_exact.split(ROWS)])
+    with view_batches(ROWS):
+        produced = per_view(x_view)
+    assert produced.dtype == torch.bfloat16 and type(produced.grad_fn).__name__ == "ViewBatchNormFunctionBackward"
+    (expected * upstream.double()).sum().backward()
+    (produced.float() * upstream.float()).sum().backward()
+    assert x_view.grad.dtype == torch.bfloat16 and per_view.weight.grad.dtype == torch.float32
+
+    def close(mine: torch.Tensor, reference: torch.Tensor) -> None:
+        scale = reference.abs().max().item()
+        torch.testing.assert_close(mine.double(), reference.detach(), rtol=2**-7, atol=2**-7 * scale)
+
+    close(produced, expected)
+    close(x_view.grad, x_exact.grad)
+    close(per_view.weight.grad, exact.weight.grad)
+    close(per_view.bias.grad, exact.bias.grad)
+    for name in ("running_mean", "running_var"):
+        close(getattr(per_view, name), getattr(exact, name))
