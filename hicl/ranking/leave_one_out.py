@@ -4,8 +4,9 @@ For every seed, short pilot pretrainings of the manifest's plain method (hierarc
 full pipeline (`augment.ops`) and with the full pipeline minus each op in turn (`hicl.pilots`), each
 scored by weighted kNN top-1 (and linear top-1 with `linear`) on the label head `head`. An op's
 importance is its drop, score(full) - score(without the op), paired by seed, with a 95 % interval
-over the seeds (`hicl.ranking.stats`: the normal approximation, or Student's t with `student`). Ops are ranked by the mean drop; an op whose interval
-lies below zero is harmful for this data (removing it helps). Finished pilots are reused on a rerun.
+over the seeds (`hicl.ranking.stats`: the normal approximation, or Student's t with `student`). Ops are
+ranked by the mean drop; an op whose interval lies below zero is harmful for this data (removing it
+helps). Finished pilots are reused on a rerun.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ For one op with per-seed drops d_1..d_n (the score of the full pipeline minus th
 op, same seed), the interval is the normal approximation that the invariance probe uses too:
 mean +- 1.96 sd / sqrt(n), sd the sample standard deviation. With the few seeds a pilot study affords
 it is narrower than Student's (t_{0.975, n-1} instead of 1.96: 12.7 for two seeds, 4.3 for three), so
-`student=True` (`hicl rank-augmentations --interval student`) gives the conservative one. One seed gives no interval (both ends are the drop itself).
+`student=True` (`hicl rank-augmentations --interval student`) gives the conservative one. One seed
+gives no interval (both ends are the drop itself).
 """
 
 from __future__ import annotations
