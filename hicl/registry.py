@@ -2,10 +2,9 @@
 
 A `Registry` maps a name to a member (an augmentation op, a method class, a data source, an export
 format); registering a name twice is an error, and an unknown name is a one-line error that lists the
-known names. `import_package`
-imports every module of a package (each module registers its members when imported), and
-`import_plugins` imports users' own modules by dotted name, so that one new module is all it takes
-to add a member. Nothing here imports torch.
+known names. `import_package` imports every module of a package (each module registers its members
+when imported), and `import_plugins` imports users' own modules by dotted name, so that one new module
+is all it takes to add a member. Nothing here imports torch.
 """
 
 from __future__ import annotations
