@@ -114,12 +114,14 @@ def _train_and_score(manifest: Manifest, linear: bool, log: Path) -> float:
     from hicl.lock import RunLock
     from hicl.runs import RunDir
     from hicl.train.loop import pretrain
+    from hicl.train.outcome import RunOutcome
 
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as stream:
         console = Console(file=stream, width=160)
         start = time.perf_counter()
-        pretrain(manifest, overwrite=True, console=console, show_progress=False)
+        # outcome.json, so that `hicl runs` lists a finished pilot as finished
+        pretrain(manifest, overwrite=True, console=console, show_progress=False, callbacks=[RunOutcome()])
         train_s = round(time.perf_counter() - start, 1)
         run = RunDir(manifest.run_dir)
         with RunLock(run.path):

@@ -88,6 +88,10 @@ def test_hue_jitter_ranks_harmful_and_is_dropped(tmp_path):
     assert order.index("crop") < order.index("color_jitter")
     assert ranking["dropped"] == ["color_jitter"] and ranking["groups"] == [["crop"]]
     assert (tmp_path / "runs" / "rank_hue_rank" / "ranking.png").stat().st_size > 0
+    from hicl.api import list_runs
+
+    pilots = [row for row in list_runs(tmp_path / "runs") if row["name"].startswith("rank_hue_rank_")]
+    assert len(pilots) == 6 and {row["state"] for row in pilots} == {"finished"}, pilots
 
     ranked = load_manifest(written)  # validates
     assert ranked.augment.ops == ["crop"] and ranked.hierarchy.mode == "add_one"
